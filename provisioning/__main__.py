@@ -1,0 +1,5 @@
+import sys
+
+from provisioning.cli.main import main
+
+sys.exit(main())

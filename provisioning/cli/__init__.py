@@ -1,0 +1,1 @@
+"""The `provisioning` command line: parse, pick a mode, call engine or client, render."""

@@ -1,0 +1,41 @@
+"""State shared by every command: global options, config loaded on first use."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisioning.config import Config, load_config
+
+
+@dataclass
+class AppContext:
+    config_file: str | None = None
+    mode: str | None = None  # None: decided per command from config
+    endpoint: str | None = None
+    json_output: bool = False
+    verbose: int = 0
+    _config: Config | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_file)
+        return self._config
+
+    def endpoint_url(self) -> str:
+        return (self.endpoint or self.config.orchestrator.endpoint).rstrip("/")
+
+    def emit_json(self, data: Any) -> None:
+        """Machine-readable output: one JSON document on stdout."""
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+    def log(self, message: str) -> None:
+        """Human notes go to stderr so --json stdout stays parseable."""
+        sys.stderr.write(message + "\n")
+
+    def debug(self, message: str) -> None:
+        if self.verbose:
+            sys.stderr.write(f"debug: {message}\n")

@@ -1,0 +1,58 @@
+"""MemoryStore: records in dicts. Direct mode and tests; nothing survives the process.
+
+Task logs and checkpoints still go to real files (a directory given at
+construction) because task processes write them.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from provisioning.store.base import Record, Store
+
+
+class MemoryStore(Store):
+    def __init__(self, files_dir: Path | None = None):
+        self.files_dir = Path(files_dir) if files_dir else Path(tempfile.mkdtemp(prefix="prov-"))
+        self.workflows: dict[str, Record] = {}
+        self.tasks: dict[str, Record] = {}
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.incoming: list[dict[str, Any]] = []
+
+    def add_workflow(self, workflow: Record, tasks: list[Record]) -> None:
+        for task in tasks:
+            self.save_task(task)
+        self.save_workflow(workflow)
+
+    def save_workflow(self, workflow: Record) -> None:
+        self.workflows[workflow["id"]] = copy.deepcopy(workflow)
+
+    def save_task(self, task: Record) -> None:
+        self.tasks[task["key"]] = copy.deepcopy(task)
+
+    def load(self) -> tuple[list[Record], list[Record]]:
+        return ([copy.deepcopy(w) for w in self.workflows.values()],
+                [copy.deepcopy(t) for t in self.tasks.values()])
+
+    def take_incoming(self) -> list[dict[str, Any]]:
+        taken, self.incoming = self.incoming, []
+        return taken
+
+    def append_event(self, workflow_id: str, event: dict[str, Any]) -> None:
+        self.events.setdefault(workflow_id, []).append(dict(event))
+
+    def load_events(self, workflow_id: str) -> list[dict[str, Any]]:
+        return [dict(e) for e in self.events.get(workflow_id, [])]
+
+    def task_log_path(self, workflow_id: str, task_id: str) -> Path:
+        d = self.files_dir / "logs" / workflow_id
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d / f"{task_id}.log"
+
+    def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
+        d = self.files_dir / "checkpoints" / workflow_id
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return d / f"{task_id}.json"
