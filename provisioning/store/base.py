@@ -43,8 +43,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def take_incoming(self) -> list[dict[str, Any]]:
-        """Workflow submissions dropped by other processes while we were not
-        looking (see submit_offline); each is removed once returned."""
+        """Workflow submissions dropped by other processes (see
+        store.offline.submit_offline): dicts {"workflow_id", "spec",
+        "submitted_at"}. They stay until remove_incoming(): the engine ingests
+        first (add_workflow), then removes, and skips ids it already knows, so
+        a crash in between neither loses nor duplicates a submission."""
+
+    @abc.abstractmethod
+    def remove_incoming(self, workflow_id: str) -> None: ...
 
     @abc.abstractmethod
     def append_event(self, workflow_id: str, event: dict[str, Any]) -> None: ...

@@ -38,8 +38,10 @@ class MemoryStore(Store):
                 [copy.deepcopy(t) for t in self.tasks.values()])
 
     def take_incoming(self) -> list[dict[str, Any]]:
-        taken, self.incoming = self.incoming, []
-        return taken
+        return list(self.incoming)
+
+    def remove_incoming(self, workflow_id: str) -> None:
+        self.incoming = [i for i in self.incoming if i["workflow_id"] != workflow_id]
 
     def append_event(self, workflow_id: str, event: dict[str, Any]) -> None:
         self.events.setdefault(workflow_id, []).append(dict(event))
