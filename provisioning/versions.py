@@ -178,3 +178,15 @@ def check_compatibility(
 def version_info() -> dict[str, str]:
     return {"core_version": CORE_VERSION, "platform_version": PLATFORM_VERSION,
             "api_version": API_VERSION}
+
+
+def format_versions(as_json: bool) -> str:
+    """`provisioning version` output (shared by the fast path and the click command)."""
+    info = version_info()
+    if as_json:
+        import json
+
+        return json.dumps(info, indent=2, sort_keys=True) + "\n"
+    return (f"core      {info['core_version']}\n"
+            f"platform  {info['platform_version']}\n"
+            f"api       {info['api_version']}\n")

@@ -12,15 +12,9 @@ from provisioning.errors import UsageError
 @click.pass_obj
 def version_cmd(app: AppContext) -> None:
     """Show core, platform and API versions."""
-    from provisioning.versions import version_info
+    from provisioning.versions import format_versions
 
-    info = version_info()
-    if app.json_output:
-        app.emit_json(info)
-        return
-    click.echo(f"core      {info['core_version']}\n"
-               f"platform  {info['platform_version']}\n"
-               f"api       {info['api_version']}")
+    click.echo(format_versions(app.json_output), nl=False)
 
 
 @click.command("help")

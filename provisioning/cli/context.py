@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provisioning.config import Config, load_config
+if TYPE_CHECKING:  # config is imported on first use: `version` never pays for it
+    from provisioning.config import Config
 
 
 @dataclass
@@ -22,6 +23,8 @@ class AppContext:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from provisioning.config import load_config
+
             self._config = load_config(self.config_file)
         return self._config
 
