@@ -122,6 +122,10 @@ class DataPaths:
         return self.data_dir / "checkpoints"
 
     @property
+    def incoming_dir(self) -> Path:  # submissions by other processes (store.offline)
+        return self.data_dir / "incoming"
+
+    @property
     def quarantine_dir(self) -> Path:  # corrupt or foreign queue files
         return self.data_dir / "quarantine"
 

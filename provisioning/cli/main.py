@@ -148,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(a in ("-v", "--verbose") or (a.startswith("-v") and set(a[1:]) == {"v"})
                   for a in args)
     try:
-        cli.main(args=args, prog_name="provisioning", standalone_mode=False,
-                 obj=AppContext())
-        return 0
+        # standalone_mode=False: click returns ctx.exit(code) / Exit(code) as a value
+        code = cli.main(args=args, prog_name="provisioning", standalone_mode=False,
+                        obj=AppContext())
+        return code if isinstance(code, int) else 0
     except ProvisioningError as e:
         if verbose:
             import traceback

@@ -1,0 +1,82 @@
+"""CPU and memory of an idle daemon (issue 3: CPU under 1% over 30 s idle).
+
+Starts the real daemon (bench/submit.py's BenchDaemon: temp data dir, port 0),
+optionally queues some finished workflows first so the in-memory index is not
+empty, then samples its process with psutil over the window and reports CPU %
+(user + system time of the daemon and any children / wall time), RSS, USS
+and thread count.
+
+Usage: python bench/idle.py [--seconds 30] [--workflows 100] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from submit import BenchDaemon  # noqa: E402
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--workflows", type=int, default=100,
+                    help="noop workflows to run to completion before measuring")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="prov-idle-", dir="/var/tmp"))
+    d = BenchDaemon(base).start()
+    try:
+        conn = d.connect()
+        ids = [d.post(conn)["workflow_id"] for _ in range(args.workflows)]
+        deadline = time.monotonic() + 300
+        while ids and time.monotonic() < deadline:  # let the queue drain: idle means idle
+            conn.request("GET", f"/workflows/{ids[-1]}", headers=d.headers())
+            resp = conn.getresponse()
+            if json.loads(resp.read())["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)
+        conn.close()
+        proc = psutil.Process(d.pid)
+        before_cpu, t0 = cpu_seconds(proc), time.monotonic()
+        time.sleep(args.seconds)  # the measurement window itself
+        used, wall = cpu_seconds(proc) - before_cpu, time.monotonic() - t0
+        mem = proc.memory_full_info()
+        result = {"seconds": wall, "cpu_seconds": used, "cpu_percent": 100 * used / wall,
+                  "rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20,
+                  "threads": proc.num_threads(), "workflows_done": args.workflows,
+                  "target_cpu_percent": 1.0}
+    finally:
+        d.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"idle {result['seconds']:.1f} s after {args.workflows} workflows: CPU "
+              f"{result['cpu_percent']:.3f}% ({result['cpu_seconds']:.3f} s)  target < 1%")
+        print(f"memory: RSS {result['rss_mb']:.1f} MiB, USS {result['uss_mb']:.1f} MiB, "
+              f"{result['threads']} threads")
+    return 0 if result["cpu_percent"] < 1.0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""`workflow` and `batch` command groups: submit, watch, cancel, retry, read logs.
+
+Both groups drive the same engine through the same API; a batch is a workflow
+submitted with kind "batch" (and `batch list` shows only those). Everything
+but `submit --direct` needs the orchestrator, which is auto-started per
+`orchestrator.auto_start` (its durable queue is where the workflows live).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import click
+
+from provisioning.cli.context import AppContext
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _total(view: dict[str, Any]) -> int:
+    return sum(int(v) for v in (view.get("counts") or {}).values())
+
+
+# -- shared command bodies ---------------------------------------------------------
+
+
+def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
+    import dataclasses
+
+    from provisioning.cli.modes import execute
+    from provisioning.engine.loader import load_workflow_file
+
+    spec = load_workflow_file(file)  # validation errors: exit 2, nothing submitted
+    if kind == "batch" or spec.kind in ("", "workflow"):
+        spec = dataclasses.replace(spec, kind=kind)
+    code = execute(app, f"{kind}.submit", spec, wait=wait)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _status(app: AppContext, workflow_id: str) -> None:
+    from provisioning.cli.modes import connect
+    from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, task_row
+
+    view = connect(app).get_workflow(workflow_id)
+    if app.json_output:
+        app.emit_json(view)
+        return
+    click.echo(f"Workflow {view['workflow_id']}  {view.get('name', '')}  ({view.get('kind')})")
+    click.echo(f"  status    {view.get('status')}")
+    click.echo(f"  created   {_when(view.get('created_at'))}")
+    click.echo(f"  elapsed   {fmt_duration(elapsed_of(view))}")
+    click.echo(f"  tasks     {counts_line(view)}")
+    tasks = view.get("tasks") or []
+    width = max([len(str(t.get("id", ""))) for t in tasks] + [4])
+    for task in tasks:
+        click.echo(task_row(task, width))
+
+
+def _monitor(app: AppContext, workflow_id: str) -> None:
+    from provisioning.cli.modes import ORCHESTRATED, connect, follow
+
+    code = follow(app, connect(app), workflow_id, mode=ORCHESTRATED)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _list(app: AppContext, status: str | None, kind: str | None) -> None:
+    from provisioning.cli.modes import connect
+
+    rows = connect(app).list_workflows(status)
+    if kind is not None:
+        rows = [r for r in rows if r.get("kind") == kind]
+    if app.json_output:
+        app.emit_json(rows)
+        return
+    if not rows:
+        click.echo("no workflows" + (f" with status {status}" if status else ""))
+        return
+    click.echo(f"{'ID':<36}  {'KIND':<15} {'STATUS':<10} {'DONE':>7}  {'CREATED':<19}  NAME")
+    for r in rows:
+        done = f"{(r.get('counts') or {}).get('succeeded', 0)}/{_total(r)}"
+        click.echo(f"{r.get('workflow_id', ''):<36}  {str(r.get('kind', '')):<15} "
+                   f"{str(r.get('status', '')):<10} {done:>7}  {_when(r.get('created_at')):<19}"
+                   f"  {r.get('name', '')}")
+
+
+status_option = click.option("--status", type=click.Choice(STATUSES),
+                             help="Only workflows in this state.")
+wait_option = click.option("--wait", is_flag=True,
+                           help="Attach the live monitor and exit with the outcome.")
+
+
+# -- workflow ---------------------------------------------------------------------
+
+
+@click.group("workflow")
+def workflow_group() -> None:
+    """Submit, watch, cancel and retry workflows."""
+
+
+@workflow_group.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@wait_option
+@click.pass_obj
+def workflow_submit(app: AppContext, file: str, wait: bool) -> None:
+    """Validate FILE (TOML, JSON or Nickel) and submit it; print its id."""
+    _submit(app, file, kind="workflow", wait=wait)
+
+
+@workflow_group.command("status")
+@click.argument("workflow_id")
+@click.pass_obj
+def workflow_status(app: AppContext, workflow_id: str) -> None:
+    """Show a workflow and every task's state."""
+    _status(app, workflow_id)
+
+
+@workflow_group.command("monitor")
+@click.argument("workflow_id")
+@click.pass_obj
+def workflow_monitor(app: AppContext, workflow_id: str) -> None:
+    """Follow a workflow live; exit 0 if it succeeds, 1 if it fails or is cancelled."""
+    _monitor(app, workflow_id)
+
+
+@workflow_group.command("list")
+@status_option
+@click.pass_obj
+def workflow_list(app: AppContext, status: str | None) -> None:
+    """List workflows, newest first."""
+    _list(app, status, None)
+
+
+@workflow_group.command("cancel")
+@click.argument("workflow_id")
+@click.pass_obj
+def workflow_cancel(app: AppContext, workflow_id: str) -> None:
+    """Cancel running and pending tasks (completed ones stay completed)."""
+    from provisioning.cli.modes import connect
+
+    view = connect(app).cancel(workflow_id)
+    if app.json_output:
+        app.emit_json(view)
+        return
+    from provisioning.cli.monitor import counts_line
+
+    click.echo(f"Workflow {workflow_id}: {view.get('status')} ({counts_line(view)})")
+
+
+@workflow_group.command("retry")
+@click.argument("workflow_id")
+@wait_option
+@click.pass_obj
+def workflow_retry(app: AppContext, workflow_id: str, wait: bool) -> None:
+    """Re-run failed, cancelled and skipped tasks from their checkpoints."""
+    from provisioning.cli.modes import ORCHESTRATED, connect, follow
+
+    client = connect(app)
+    view = client.retry(workflow_id)
+    if not wait:
+        if app.json_output:
+            app.emit_json(view)
+        else:
+            pending = (view.get("counts") or {}).get("queued", 0)
+            click.echo(f"Workflow {workflow_id} re-queued: {pending} tasks to re-run")
+        return
+    app.log(f"Workflow {workflow_id} re-queued")
+    code = follow(app, client, workflow_id, mode=ORCHESTRATED)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@workflow_group.command("logs")
+@click.argument("workflow_id")
+@click.option("--task", "task_id", help="Only this task (its id in the workflow).")
+@click.option("--follow", "-f", "follow_", is_flag=True,
+              help="Keep printing new output until the workflow finishes.")
+@click.pass_obj
+def workflow_logs(app: AppContext, workflow_id: str, task_id: str | None,
+                  follow_: bool) -> None:
+    """Print the captured output of a workflow's tasks."""
+    _logs(app, workflow_id, task_id, follow=follow_)
+
+
+def _logs(app: AppContext, workflow_id: str, task_id: str | None, *, follow: bool) -> None:
+    from provisioning.cli.modes import connect
+    from provisioning.errors import NotFound, UsageError
+
+    client = connect(app)
+    view = client.get_workflow(workflow_id)
+    tasks = view.get("tasks") or []
+    if task_id is not None:
+        tasks = [t for t in tasks if t.get("id") == task_id]
+        if not tasks:
+            known = ", ".join(str(t.get("id")) for t in view.get("tasks") or [])
+            raise NotFound(f"workflow {workflow_id} has no task {task_id!r}",
+                           hint=f"its tasks: {known or 'none'}")
+    if follow and app.json_output:
+        raise UsageError("--follow cannot be combined with --json")
+    if app.json_output:
+        app.emit_json({"workflow_id": workflow_id, "tasks": [
+            {"id": t.get("id"), "key": t.get("key"), "status": t.get("status"),
+             "log": client.task_log(t["key"])[0]} for t in tasks]})
+        return
+    if not follow:
+        for t in tasks:
+            text, _ = client.task_log(t["key"])
+            click.echo(f"==> task {t.get('id')} ({t.get('status')}) <==")
+            click.echo(text, nl=not text.endswith("\n"))
+        return
+    _follow_logs(client, workflow_id, view, tasks)
+
+
+def _follow_logs(client: Any, workflow_id: str, view: dict[str, Any],
+                 tasks: list[dict[str, Any]]) -> None:
+    """Print new output as it appears, prefixed by task id, until the workflow ends.
+
+    The event long-poll is the wake-up (a state or progress change); plain log
+    lines raise no event, so it times out every second to read them too.
+    """
+    keys = {t["key"]: t.get("id") for t in tasks}
+    offsets = dict.fromkeys(keys, 0)
+    partial = dict.fromkeys(keys, "")
+    after = 0
+    prefix = len(keys) > 1
+
+    def drain() -> None:
+        for key, tid in keys.items():
+            text, offsets[key] = client.task_log(key, offsets[key])
+            if not text:
+                continue
+            lines = (partial[key] + text).split("\n")
+            partial[key] = lines.pop()
+            for line in lines:
+                click.echo(f"[{tid}] {line}" if prefix else line)
+
+    while True:
+        drain()
+        if view.get("status") in ("succeeded", "failed", "cancelled"):
+            drain()
+            for key, rest in partial.items():
+                if rest:
+                    click.echo(f"[{keys[key]}] {rest}" if prefix else rest)
+            return
+        for event in client.events(workflow_id, after=after, timeout=1.0):
+            after = max(after, int(event.get("seq", after)))
+        view = client.get_workflow(workflow_id)
+
+
+# -- batch ------------------------------------------------------------------------
+
+
+@click.group("batch")
+def batch_group() -> None:
+    """Batch workflows (same engine and API as `workflow`)."""
+
+
+@batch_group.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@wait_option
+@click.pass_obj
+def batch_submit(app: AppContext, file: str, wait: bool) -> None:
+    """Validate FILE and submit it as a batch; print its id."""
+    _submit(app, file, kind="batch", wait=wait)
+
+
+@batch_group.command("status")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_status(app: AppContext, batch_id: str) -> None:
+    """Show a batch and every task's state."""
+    _status(app, batch_id)
+
+
+@batch_group.command("monitor")
+@click.argument("batch_id")
+@click.pass_obj
+def batch_monitor(app: AppContext, batch_id: str) -> None:
+    """Follow a batch live; exit 0 if it succeeds, 1 if it fails or is cancelled."""
+    _monitor(app, batch_id)
+
+
+@batch_group.command("list")
+@status_option
+@click.pass_obj
+def batch_list(app: AppContext, status: str | None) -> None:
+    """List batches, newest first."""
+    _list(app, status, "batch")

@@ -1,0 +1,463 @@
+"""Engine: the workflow state machine and scheduler over a Store.
+
+Threads: one scheduler thread and one thread per running task (executor).
+All state lives behind one lock; the scheduler sleeps on a Condition and
+wakes for submissions, task exits, cancels and retries, or at a deadline
+(retry backoff, progress checkpoint, the ~2 s look for offline submissions).
+
+Every transition is persisted through the Store before it is visible; a
+task's completion is applied only if its lease token is still the current
+one (fencing). See recovery.py for what happens after a crash.
+"""
+
+from __future__ import annotations
+
+import heapq
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from provisioning.config import Config
+from provisioning.engine import records as R
+from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
+from provisioning.engine.flows import FlowIndex, _Flow, _Running
+from provisioning.engine.model import WorkflowSpec, WorkflowStatus
+from provisioning.engine.transitions import TaskTransitions
+from provisioning.errors import (
+    Conflict,
+    NotFound,
+    ServiceUnavailable,
+    UsageError,
+    ValidationError,
+)
+from provisioning.ops.registry import OpRegistry
+from provisioning.store.base import Store
+
+log = logging.getLogger("provisioning.engine")
+
+INCOMING_INTERVAL = 2.0  # seconds between looks for submissions dropped by other processes
+MAX_EVENTS_PER_CALL = 1000
+
+
+
+class Engine(FlowIndex, TaskTransitions):
+    def __init__(self, store: Store, config: Config, *, registry: OpRegistry | None = None,
+                 instance_id: str = "direct", endpoint: str | None = None):
+        self.store = store
+        self.config = config
+        self.registry = registry or OpRegistry.from_config(config)
+        self.instance_id = instance_id
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # scheduler
+        self._changed = threading.Condition(self._lock)  # events / wait() callers
+        self._flows: dict[str, _Flow] = {}
+        self._running: dict[str, _Running] = {}
+        self._backoff: list[tuple[float, str]] = []  # (monotonic deadline, key)
+        self._progress_saved: dict[str, float] = {}  # key -> monotonic time of last save
+        self._progress_dirty: set[str] = set()
+        self._seq = 0
+        self._lease_seq = 0
+        self._accepting = True
+        self._draining = False
+        self._stopping = False
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._next_incoming = 0.0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from the store, then start the scheduler thread."""
+        from provisioning.engine.recovery import recover_running_tasks
+
+        with self._lock:
+            if self._started:
+                return
+            workflows, tasks = self.store.load()
+            by_id = {w["id"]: w for w in workflows if R.valid_workflow_id(w.get("id"))}
+            for t in tasks:  # before recovery clears leases: tokens must only grow
+                self._seq = max(self._seq, _int(t.get("seq")))
+                self._lease_seq = max(self._lease_seq, _int((t.get("lease") or {}).get("token")),
+                                      _int(t.get("last_lease_token")))
+            recover_running_tasks(self.store, by_id, tasks,
+                                  kill_grace=self.config.executor.kill_grace_seconds)
+            grouped: dict[str, list[dict[str, Any]]] = {}
+            for t in tasks:
+                grouped.setdefault(t.get("workflow_id"), []).append(t)
+            for w in sorted(by_id.values(), key=lambda w: w.get("seq") or 0):
+                self._seq = max(self._seq, _int(w.get("seq")))
+                self._restore_flow(w, grouped.get(w["id"], []))
+            self._started = True
+            self._thread = threading.Thread(target=self._scheduler, name="engine-scheduler",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    def shutdown(self, grace: float) -> None:
+        """Stop starting tasks, let running ones finish for up to `grace` seconds,
+        stop the rest (they go back to queued), persist, stop the scheduler."""
+        deadline = time.monotonic() + max(0.0, grace)
+        with self._lock:
+            self._accepting = False
+            self._draining = True
+            self._wake.notify_all()
+            while self._running and time.monotonic() < deadline:
+                self._changed.wait(deadline - time.monotonic())
+            for handle in self._running.values():
+                handle.process.stop("shutdown")
+            kill_deadline = time.monotonic() + self.config.executor.kill_grace_seconds + 10
+            while self._running and time.monotonic() < kill_deadline:
+                self._changed.wait(kill_deadline - time.monotonic())
+            self._flush_progress(force=True)
+            self._stopping = True
+            self._wake.notify_all()
+            self._changed.notify_all()
+            threads = [h.thread for h in self._running.values() if h.thread]
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for t in threads:
+            t.join(timeout=5)
+
+    # -- public API --------------------------------------------------------
+
+    def submit(self, spec: WorkflowSpec) -> dict[str, Any]:
+        """Accept a validated workflow; returns its view (status "queued")."""
+        for op in {t.op for t in spec.tasks}:
+            try:
+                self.registry.resolve(op)
+            except ValidationError as e:
+                raise ValidationError(f"workflow '{spec.name}': {e.message}", hint=e.hint) from None
+        with self._lock:
+            if not self._accepting:
+                raise ServiceUnavailable("the orchestrator is shutting down and takes no new "
+                                         "workflows", hint="retry once it has restarted")
+            flow = self._add_workflow(str(uuid.uuid4()), spec, time.time())
+            self._wake.notify_all()
+            return self._view(flow)
+
+    def get_workflow(self, workflow_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._view(self._flow(workflow_id))
+
+    def list_workflows(self, status: str | None = None) -> list[dict[str, Any]]:
+        if status is not None and status not in {s.value for s in WorkflowStatus}:
+            raise UsageError(f"unknown workflow status '{status}'",
+                             hint="one of: " + ", ".join(s.value for s in WorkflowStatus))
+        with self._lock:
+            flows = [f for f in self._flows.values() if status in (None, f.rec["status"])]
+            flows.sort(key=lambda f: (f.rec.get("created_at") or 0, f.rec.get("seq") or 0),
+                       reverse=True)
+            return [self._view(f, with_tasks=False) for f in flows]
+
+    def get_task(self, key: str) -> dict[str, Any]:
+        with self._lock:
+            return R.task_view(self._task(key)[1])
+
+    def task_log_path(self, key: str) -> Path:
+        with self._lock:
+            _, task = self._task(key)
+            return self.store.task_log_path(task["workflow_id"], task["id"])
+
+    def cancel(self, workflow_id: str) -> dict[str, Any]:
+        """Kill running task trees, mark pending tasks cancelled."""
+        with self._lock:
+            flow = self._flow(workflow_id)
+            if flow.finished:
+                raise Conflict(f"workflow {workflow_id} already finished "
+                               f"({flow.rec['status']}); nothing to cancel")
+            if not flow.rec.get("cancel_requested"):
+                flow.rec["cancel_requested"] = True
+                self.store.save_workflow(flow.rec)
+                self._event(flow, "workflow", None, flow.rec["status"],
+                            message="cancel requested")
+            now = time.time()
+            for task in flow.tasks.values():
+                if task["status"] == "queued":
+                    self._finish_task(flow, task, "cancelled", now, error="cancelled")
+                elif task["status"] == "running":
+                    handle = self._running.get(task["key"])
+                    if handle is not None:
+                        handle.process.stop("cancelled")
+            self._maybe_finish(flow)
+            self._wake.notify_all()
+            return self._view(flow)
+
+    def retry(self, workflow_id: str) -> dict[str, Any]:
+        """Re-queue failed, cancelled and skipped tasks; succeeded ones never run again."""
+        with self._lock:
+            flow = self._flow(workflow_id)
+            if not flow.finished:
+                raise Conflict(f"workflow {workflow_id} is still {flow.rec['status']}",
+                               hint="wait for it to finish, or cancel it, then retry")
+            again = [t for t in flow.tasks.values()
+                     if t["status"] in ("failed", "cancelled", "skipped")]
+            if not again:
+                raise Conflict(f"workflow {workflow_id} has nothing to retry: every task "
+                               "succeeded")
+            now = time.time()
+            for task in again:
+                R.reset_for_rerun(task, now)
+                self.store.save_task(task)
+                self._event(flow, "task", task["id"], "queued", message="retry requested")
+            flow.rec.update(status="queued", finished_at=None, cancel_requested=False)
+            self.store.save_workflow(flow.rec)
+            self._event(flow, "workflow", None, "queued", message="retry requested")
+            self._index(flow)
+            self._wake.notify_all()
+            return self._view(flow)
+
+    def report_progress(self, key: str, progress: int, status: str | None = None,
+                        message: str | None = None) -> dict[str, Any]:
+        """Progress POSTed by a running task (the API checks its token first)."""
+        if not isinstance(progress, int) or isinstance(progress, bool) or not (
+                0 <= progress <= 100):
+            raise UsageError("progress must be an integer from 0 to 100")
+        for name, value in (("status", status), ("message", message)):
+            if value is not None and (not isinstance(value, str) or len(value) > 1000):
+                raise UsageError(f"{name} must be a string of at most 1000 characters")
+        with self._lock:
+            flow, task = self._task(key)
+            if task["status"] != "running":
+                raise Conflict(f"task {key} is {task['status']}, not running")
+            self._set_progress(flow, task, progress, message or status)
+            return R.task_view(task)
+
+    def check_task_token(self, key: str, token: str) -> bool:
+        """True only for the token handed to the current run of this very task."""
+        if not isinstance(token, str) or not R.valid_task_key(key):
+            return False
+        with self._lock:
+            handle = self._running.get(key)
+            return handle is not None and hmac.compare_digest(handle.task_token, token)
+
+    def events(self, workflow_id: str, after: int = 0, timeout: float = 0) -> list[dict[str, Any]]:
+        """Events with seq > after; blocks up to `timeout` s until there are some."""
+        after = max(0, int(after))
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            flow = self._flow(workflow_id)
+            while len(flow.events) <= after and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (flow.finished and after >= len(flow.events)):
+                    break
+                self._changed.wait(remaining)
+            return [dict(e) for e in flow.events[after:after + MAX_EVENTS_PER_CALL]]
+
+    def wait(self, workflow_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the workflow finishes (or `timeout`); returns its view."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            flow = self._flow(workflow_id)
+            while not flow.finished and not self._stopping:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self._view(flow)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            workflows = dict.fromkeys((s.value for s in WorkflowStatus), 0)
+            queued = 0
+            for f in self._flows.values():
+                workflows[f.rec["status"]] += 1
+                if not f.finished:
+                    queued += sum(1 for t in f.tasks.values() if t["status"] == "queued")
+            return {"workflows": workflows, "tasks_queued": queued,
+                    "tasks_running": len(self._running),
+                    "max_concurrent_tasks": self.config.executor.max_concurrent_tasks,
+                    "accepting": self._accepting}
+
+    # -- lookups (lock held) -----------------------------------------------
+
+    def _flow(self, workflow_id: str) -> _Flow:
+        if not R.valid_workflow_id(workflow_id):
+            raise NotFound(f"no workflow '{workflow_id}' (ids look like "
+                           "3f2b8c1e-0d4a-4e1b-9c7d-2a6f5e4d3c2b)")
+        flow = self._flows.get(workflow_id)
+        if flow is None:
+            raise NotFound(f"no workflow {workflow_id}",
+                           hint="`provisioning workflow list` shows the known ones")
+        return flow
+
+    def _task(self, key: str) -> tuple[_Flow, dict[str, Any]]:
+        if not R.valid_task_key(key):
+            raise NotFound(f"no task '{key}' (task ids look like <workflow id>.<task id>)")
+        workflow_id, _, task_id = key.partition(".")
+        flow = self._flow(workflow_id)
+        task = flow.tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"workflow {workflow_id} has no task '{task_id}'")
+        return flow, task
+
+    def _view(self, flow: _Flow, with_tasks: bool = True) -> dict[str, Any]:
+        return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks)
+
+    # -- scheduler ---------------------------------------------------------
+
+    def _scheduler(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                try:
+                    timeout = self._tick()
+                except Exception:  # keep scheduling; a bug must not stop the daemon
+                    log.exception("engine scheduler error")
+                    timeout = 1.0
+                if not self._stopping:
+                    self._wake.wait(timeout)
+
+    def _tick(self) -> float:
+        now = time.monotonic()
+        while self._backoff and self._backoff[0][0] <= now:
+            _, key = heapq.heappop(self._backoff)
+            flow_task = self._lookup_key(key)
+            if flow_task and flow_task[1]["status"] == "queued":
+                flow, task = flow_task
+                task["retry_at"] = None
+                if flow.waiting.get(task["id"], 0) == 0:
+                    self._push_ready(flow, task)
+        if now >= self._next_incoming and not self._draining:
+            self._next_incoming = now + INCOMING_INTERVAL
+            self._ingest_incoming()
+        self._flush_progress()
+        if not self._draining:
+            self._start_ready()
+        deadlines = [self._next_incoming]
+        if self._backoff:
+            deadlines.append(self._backoff[0][0])
+        if self._progress_dirty:
+            deadlines.append(min(self._progress_saved.get(k, 0) for k in self._progress_dirty)
+                             + self.config.executor.checkpoint_interval_seconds)
+        return max(0.01, min(deadlines) - time.monotonic())
+
+    def _start_ready(self) -> None:
+        limit = self.config.executor.max_concurrent_tasks
+        while len(self._running) < limit:
+            best: tuple[tuple[int, int, str], _Flow] | None = None
+            for flow in self._flows.values():
+                if flow.finished or flow.running >= flow.limit or not flow.ready:
+                    continue
+                if flow.rec.get("cancel_requested"):
+                    continue
+                while flow.ready:  # drop stale entries (cancelled, already started)
+                    tid = flow.ready[0][2]
+                    t = flow.tasks[tid]
+                    if t["status"] == "queued" and not t.get("retry_at") and \
+                            flow.waiting.get(tid, 0) == 0:
+                        break
+                    heapq.heappop(flow.ready)
+                if flow.ready and (best is None or flow.ready[0] < best[0]):
+                    best = (flow.ready[0], flow)
+            if best is None:
+                return
+            heapq.heappop(best[1].ready)
+            self._claim(best[1], best[1].tasks[best[0][2]])
+
+    def _claim(self, flow: _Flow, task: dict[str, Any]) -> None:
+        now = time.time()
+        try:
+            argv = self.registry.resolve(task["op"])
+        except ValidationError as e:
+            task["attempts"] = task.get("attempts", 0) + 1
+            self._finish_task(flow, task, "failed", now, error=str(e))
+            self._skip_dependents(flow, task, now)
+            self._maybe_finish(flow)
+            return
+        self._lease_seq += 1
+        task.update(status="running", attempts=task.get("attempts", 0) + 1, started_at=now,
+                    finished_at=None, updated_at=now, error=None, exit_code=None, signal=None,
+                    message=None, progress=0, last_lease_token=self._lease_seq,
+                    lease={"token": self._lease_seq, "owner": self.instance_id, "pid": None,
+                           "pid_create_time": None})
+        self.store.save_task(task)  # the lease is on disk before the process exists
+        flow.running += 1
+        if flow.rec["status"] == "queued":
+            flow.rec["status"] = "running"
+            flow.rec["started_at"] = flow.rec.get("started_at") or now
+            self.store.save_workflow(flow.rec)
+            self._event(flow, "workflow", None, "running")
+        self._event(flow, "task", task["id"], "running",
+                    message=f"attempt {task['attempts']}")
+        handle = self._spawn(flow, task, argv)
+        self._running[task["key"]] = handle
+
+    def _spawn(self, flow: _Flow, task: dict[str, Any], argv: list[str]) -> _Running:
+        key, lease_token = task["key"], self._lease_seq
+        task_token = secrets.token_urlsafe(32)
+        env = {"PROVISIONING_TASK_ID": key, "PROVISIONING_WORKFLOW_ID": flow.rec["id"],
+               "PROVISIONING_TASK_TOKEN": task_token,
+               "PROVISIONING_LIB": os.pathsep.join(str(d) for d in self.registry.lib_dirs),
+               "PROVISIONING_CHECKPOINT": str(self.store.checkpoint_path(flow.rec["id"],
+                                                                         task["id"])),
+               "PROVISIONING_STORAGE_DATA_DIR": str(self.config.storage.data_dir)}
+        if self.endpoint:
+            env["PROVISIONING_ENDPOINT"] = self.endpoint
+        params = task.get("params") or {}
+        run = TaskRun(key=key, argv=argv, params=params, env=clean_env(env),
+                      log_path=self.store.task_log_path(flow.rec["id"], task["id"]),
+                      attempt=task["attempts"],
+                      timeout_s=task.get("timeout_s") or self.config.executor.task_timeout_seconds,
+                      kill_grace_s=self.config.executor.kill_grace_seconds)
+        if task["op"] == "shell.run" and _valid_shell_run(params):
+            # Fast path with the same contract as builtin/shell_run.py: the argv is the
+            # task's process itself (no interpreter start), params env under ours.
+            run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
+            run.env = clean_env({**(params.get("env") or {}), **env})
+        process = TaskProcess(
+            run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m),
+            on_spawn=lambda pid, ctime: self._on_spawn(key, lease_token, pid, ctime))
+        handle = _Running(process=process, lease_token=lease_token, task_token=task_token)
+        handle.thread = threading.Thread(target=self._run_task, args=(key, handle),
+                                         name=f"task-{task['id']}", daemon=True)
+        handle.thread.start()
+        return handle
+
+    # -- offline submissions -----------------------------------------------
+
+    def _ingest_incoming(self) -> None:
+        from provisioning.engine.loader import parse_workflow
+
+        try:
+            items = self.store.take_incoming()
+        except Exception:
+            log.exception("cannot read offline submissions")
+            return
+        for item in items:
+            workflow_id = item.get("workflow_id") if isinstance(item, dict) else None
+            if not R.valid_workflow_id(workflow_id):
+                log.warning("ignoring an offline submission with an invalid id: %r",
+                            workflow_id)
+                continue
+            if workflow_id not in self._flows:
+                try:
+                    spec = parse_workflow(item.get("spec"), source=f"submission {workflow_id}",
+                                          registry=self.registry)
+                except ValidationError as e:
+                    log.warning("dropping offline submission %s: %s", workflow_id, e)
+                else:
+                    submitted = item.get("submitted_at")
+                    self._add_workflow(workflow_id, spec, submitted if isinstance(
+                        submitted, (int, float)) else time.time())
+            self.store.remove_incoming(workflow_id)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _valid_shell_run(params: dict[str, Any]) -> bool:
+    argv, cwd, env = params.get("argv"), params.get("cwd"), params.get("env")
+    return (isinstance(argv, list) and bool(argv) and all(isinstance(a, str) for a in argv)
+            and (cwd is None or isinstance(cwd, str))
+            and (env is None or (isinstance(env, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in env.items()))))

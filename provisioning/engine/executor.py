@@ -1,0 +1,395 @@
+"""One task = one fresh subprocess, by the task protocol (DESIGN.md 6).
+
+- argv from the op registry, params as JSON on stdin (never a shell string);
+- a cleaned environment: no inherited secrets, only what DESIGN.md lists;
+- its own session (process group), so the whole group can be signalled;
+- stdout+stderr drained continuously into the task log (no 64 KB pipe
+  deadlock), `PROGRESS: n [msg]` parsed live, the last `RESULT: <json>` kept;
+- timeout or cancel: SIGTERM the group, grace, SIGKILL, then sweep every
+  process that carries this task's marker in its environment (catches
+  descendants that called setsid and were reparented: psutil's children()
+  misses those, giampaolo/psutil#2534); the child is always reaped.
+
+The run loop waits on a selector (pipe, pidfd, wake-up pipe): no polling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from provisioning.engine.proctree import kill_tree, marked_processes, signal_quietly, tree_processes
+from provisioning.engine.protocol import LineParser
+from provisioning.selfexec import package_parent_dir
+
+__all__ = ["TaskOutcome", "TaskProcess", "TaskRun", "clean_env", "kill_tree", "marked_processes"]
+
+KEPT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+EOF_GRACE_SECONDS = 2.0  # after the main process exits, how long leftovers may hold the pipe
+READ_CHUNK = 1 << 16
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """The task environment: a few harmless inherited variables, PYTHONPATH, and `extra`."""
+    env = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    pythonpath = [package_parent_dir()]
+    if os.environ.get("PYTHONPATH"):
+        pythonpath.append(os.environ["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class TaskRun:
+    """Everything needed to run one attempt of one task."""
+
+    key: str
+    argv: list[str]
+    params: dict[str, Any]
+    env: dict[str, str]  # PROVISIONING_* for the task; see clean_env
+    log_path: Path
+    attempt: int
+    timeout_s: float
+    kill_grace_s: float
+    cwd: str | None = None
+    send_params: bool = True  # False: stdin is closed at once (argv run directly)
+
+
+@dataclass
+class TaskOutcome:
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    stop_reason: str | None = None  # "cancelled", "shutdown": stopped on request
+    result: Any = None
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.exit_code == 0 and not self.timed_out and self.stop_reason is None
+                and self.error is None)
+
+
+
+class TaskProcess:
+    """One attempt of one task. run() blocks in the calling (task) thread;
+    stop() may be called from any thread."""
+
+    def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None],
+                 on_spawn: Callable[[int, float], None] | None = None):
+        self.spec = run
+        self.on_progress = on_progress
+        self.on_spawn = on_spawn
+        self.pid: int | None = None
+        self.create_time: float | None = None
+        self._stop_reason: str | None = None
+        self._closed = False
+        self._tree_snapshot: list = []
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+    def stop(self, reason: str) -> None:
+        """Ask the run loop to kill the tree (cancel/shutdown). Never blocks."""
+        with self._lock:
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:  # full: the loop is awake anyway
+                pass
+
+    def run(self) -> TaskOutcome:
+        outcome = TaskOutcome(started_at=time.time())
+        log_fd = os.open(self.spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            self._write_header(log_fd)
+            try:
+                proc = subprocess.Popen(  # noqa: S603 - argv list from the registry
+                    self.spec.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, start_new_session=True, env=self.spec.env,
+                    close_fds=True, cwd=self.spec.cwd)
+            except OSError as e:
+                outcome.error = f"cannot start {self.spec.argv[0]}: {e}"
+                outcome.finished_at = time.time()
+                _log_line(log_fd, f"[provisioning] {outcome.error}")
+                return outcome
+            try:
+                self._after_spawn(proc)
+                self._feed_stdin(proc)
+                self._loop(proc, log_fd, outcome)
+            finally:
+                self._reap(proc)
+            rc = proc.returncode
+            if rc is not None and rc < 0:
+                outcome.signal = -rc
+            else:
+                outcome.exit_code = rc
+            outcome.finished_at = time.time()
+            self._write_footer(log_fd, outcome)
+            return outcome
+        finally:
+            os.close(log_fd)
+            with self._lock:  # stop() must never write to a closed (maybe reused) fd
+                self._closed = True
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+
+    # -- internals ---------------------------------------------------------
+
+    def _after_spawn(self, proc: subprocess.Popen) -> None:
+        import psutil
+
+        self.pid = proc.pid
+        try:
+            self.create_time = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            self.create_time = None
+        if self.on_spawn is not None:
+            self.on_spawn(proc.pid, self.create_time or 0.0)
+
+    def _feed_stdin(self, proc: subprocess.Popen) -> None:
+        data = json.dumps(self.spec.params).encode() if self.spec.send_params else b""
+        # Params are small; a task that never reads stdin must not block us,
+        # so write from a helper only when they exceed the pipe buffer.
+        if len(data) < 16_000:  # fits any pipe buffer (macOS: 16 KB)
+            try:
+                proc.stdin.write(data)
+                proc.stdin.close()
+            except OSError:
+                pass
+            return
+
+        def feed() -> None:
+            try:
+                proc.stdin.write(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=feed, daemon=True, name=f"stdin-{self.spec.key}").start()
+
+    def _loop(self, proc: subprocess.Popen, log_fd: int, outcome: TaskOutcome) -> None:
+        parser = LineParser(self.on_progress)
+        out_fd = proc.stdout.fileno()
+        os.set_blocking(out_fd, False)
+        sel = selectors.DefaultSelector()
+        sel.register(out_fd, selectors.EVENT_READ, "out")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        pidfd = _pidfd(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ, "exit")
+        deadline = time.monotonic() + self.spec.timeout_s
+        phase = "running"  # running -> terminating -> killed; or running -> exited
+        out_open = True
+        try:
+            while out_open:
+                now = time.monotonic()
+                if phase == "running":
+                    with self._lock:
+                        reason = self._stop_reason
+                    if reason is not None or now >= deadline:
+                        if reason is None:
+                            outcome.timed_out = True
+                            outcome.error = f"timeout after {self.spec.timeout_s:g}s"
+                        else:
+                            outcome.stop_reason = reason
+                        _log_line(log_fd, f"[provisioning] {outcome.error or reason}: "
+                                  "stopping the process tree")
+                        self._terminate(proc)
+                        phase, deadline = "terminating", now + self.spec.kill_grace_s
+                        continue
+                elif phase == "terminating" and (now >= deadline or proc.poll() is not None):
+                    self._kill_all(proc)
+                    phase, deadline = "killed", now + EOF_GRACE_SECONDS
+                    continue
+                elif phase in ("killed", "exited") and now >= deadline:
+                    if phase == "exited":
+                        self._kill_all(proc)  # leftovers of a finished task hold the pipe
+                    break
+                if pidfd is None and phase in ("running", "terminating"):
+                    # No pidfd (not Linux): notice the exit at least every half second.
+                    timeout = min(deadline - now, 0.5)
+                else:
+                    timeout = deadline - now
+                for skey, _ in sel.select(max(0.0, timeout)):
+                    if skey.data == "out":
+                        out_open = self._drain(out_fd, log_fd, parser)
+                    elif skey.data == "wake":
+                        try:
+                            os.read(self._wake_r, 1024)
+                        except BlockingIOError:
+                            pass
+                    elif skey.data == "exit":
+                        sel.unregister(pidfd)
+                        os.close(pidfd)
+                        pidfd = None
+                        if phase == "running":
+                            phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
+                if pidfd is None and phase == "running" and proc.poll() is not None:
+                    phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
+        finally:
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+            proc.stdout.close()
+        parser.close()
+        outcome.result = parser.result
+        if parser.result_error:
+            _log_line(log_fd, f"[provisioning] {parser.result_error}")
+        if phase == "exited":
+            # Like systemd's control-group kill: what is left in the task's group
+            # after its main process ended is stopped (a real daemon calls setsid).
+            self._kill_group(signal.SIGKILL)
+        elif phase == "running":
+            # EOF while running: the main process closed its output; wait for its exit,
+            # still honouring the timeout and stop requests.
+            self._wait_after_eof(proc, outcome, log_fd)
+
+    def _wait_after_eof(self, proc: subprocess.Popen, outcome: TaskOutcome, log_fd: int) -> None:
+        deadline = time.monotonic() + max(0.0, self.spec.timeout_s - (time.time()
+                                                                       - outcome.started_at))
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        pidfd = _pidfd(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ)
+        try:
+            while proc.poll() is None:
+                with self._lock:
+                    reason = self._stop_reason
+                now = time.monotonic()
+                if reason is not None or now >= deadline:
+                    if reason is None:
+                        outcome.timed_out = True
+                        outcome.error = f"timeout after {self.spec.timeout_s:g}s"
+                    else:
+                        outcome.stop_reason = reason
+                    _log_line(log_fd, f"[provisioning] {outcome.error or reason}: "
+                              "stopping the process tree")
+                    self._terminate(proc)
+                    try:
+                        proc.wait(self.spec.kill_grace_s)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    self._kill_all(proc)
+                    return
+                timeout = deadline - now if pidfd is not None else min(deadline - now, 0.5)
+                for skey, _ in sel.select(max(0.0, timeout)):
+                    if skey.fileobj == self._wake_r:
+                        try:
+                            os.read(self._wake_r, 1024)
+                        except BlockingIOError:
+                            pass
+        finally:
+            sel.close()
+            if pidfd is not None:
+                os.close(pidfd)
+        self._kill_group(signal.SIGKILL)  # leftovers in the finished task's group
+
+    def _drain(self, out_fd: int, log_fd: int, parser: LineParser) -> bool:
+        """Read what is there; False at EOF."""
+        while True:
+            try:
+                chunk = os.read(out_fd, READ_CHUNK)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            _write_all(log_fd, chunk)
+            parser.feed(chunk)
+            if len(chunk) < READ_CHUNK:
+                return True
+
+    def _terminate(self, proc: subprocess.Popen) -> None:
+        """SIGTERM the group and every known descendant (snapshot before parents die)."""
+        self._tree_snapshot = tree_processes(proc.pid, self.create_time, self.spec.key)
+        self._kill_group(signal.SIGTERM)
+        for p in self._tree_snapshot:
+            signal_quietly(p, signal.SIGTERM)
+
+    def _kill_all(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the group, then sweep the recorded tree and everything carrying the marker."""
+        self._kill_group(signal.SIGKILL)
+        known = list(self._tree_snapshot)
+        known += tree_processes(proc.pid, self.create_time, self.spec.key)
+        for p in known:
+            signal_quietly(p, signal.SIGKILL)
+
+    def _kill_group(self, sig: int) -> None:
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _reap(self, proc: subprocess.Popen) -> None:
+        try:
+            proc.wait(timeout=max(self.spec.kill_grace_s, 1.0))
+        except subprocess.TimeoutExpired:
+            self._kill_all(proc)
+            proc.wait()
+        if proc.stdin and not proc.stdin.closed:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def _write_header(self, log_fd: int) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        _log_line(log_fd, f"=== attempt {self.spec.attempt} started {stamp}: "
+                  f"{' '.join(self.spec.argv)}")
+
+    def _write_footer(self, log_fd: int, outcome: TaskOutcome) -> None:
+        how = (f"exit code {outcome.exit_code}" if outcome.signal is None
+               else f"killed by signal {outcome.signal}")
+        if outcome.error:
+            how += f" ({outcome.error})"
+        elif outcome.stop_reason:
+            how += f" ({outcome.stop_reason})"
+        _log_line(log_fd, f"=== attempt {self.spec.attempt} ended: {how} after "
+                  f"{outcome.finished_at - outcome.started_at:.2f}s")
+
+
+
+def _pidfd(pid: int) -> int | None:
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return opener(pid)
+    except OSError:
+        return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _log_line(fd: int, text: str) -> None:
+    _write_all(fd, (text + "\n").encode("utf-8", "replace"))

@@ -1,0 +1,130 @@
+"""In-memory index of workflows: dependency counts, ready heaps, restore from records.
+
+The engine keeps one _Flow per workflow: its records (the same dicts it
+persists), who depends on whom, how many dependencies of each task have not
+succeeded yet, and a heap of ready tasks ordered by (priority, submission seq).
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from provisioning.engine import records as R
+from provisioning.engine.model import PRIORITIES, WorkflowSpec
+
+if TYPE_CHECKING:
+    from provisioning.engine.executor import TaskProcess
+
+
+@dataclass
+class _Flow:
+    """In-memory index of one workflow."""
+
+    rec: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]  # task id -> record, in spec order
+    dependents: dict[str, list[str]]
+    waiting: dict[str, int] = field(default_factory=dict)  # deps not yet succeeded
+    ready: list[tuple[int, int, str]] = field(default_factory=list)  # (-prio, seq, id)
+    running: int = 0
+    unfinished: int = 0
+    events: list[dict[str, Any]] = field(default_factory=list)
+    limit: int = 1
+
+    @property
+    def finished(self) -> bool:
+        return self.rec["status"] in ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class _Running:
+    process: TaskProcess
+    lease_token: int
+    task_token: str
+    thread: threading.Thread | None = None
+
+
+class FlowIndex:
+    """Mixin of Engine: building and indexing flows (engine lock held)."""
+
+    def _add_workflow(self, workflow_id: str, spec: WorkflowSpec, now: float) -> _Flow:
+        task_recs = []
+        for t in spec.tasks:
+            self._seq += 1
+            task_recs.append(R.new_task_record(workflow_id, t, seq=self._seq, now=now))
+        self._seq += 1
+        wrec = R.new_workflow_record(workflow_id, spec, seq=self._seq, now=now)
+        self.store.add_workflow(wrec, task_recs)
+        flow = self._make_flow(wrec, task_recs)
+        self._event(flow, "workflow", None, "queued", message=f"{len(task_recs)} tasks")
+        return flow
+
+    def _restore_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> None:
+        from provisioning.engine.loader import parse_workflow
+
+        by_id = {t["id"]: t for t in task_recs}
+        if any(tid not in by_id for tid in wrec.get("task_ids", [])):
+            # Tasks are written before their workflow, so this is damage: rebuild them.
+            spec = parse_workflow(wrec["spec"], source=f"workflow {wrec['id']}", registry=None)
+            now = time.time()
+            for t in spec.tasks:
+                if t.id not in by_id:
+                    self._seq += 1
+                    by_id[t.id] = R.new_task_record(wrec["id"], t, seq=self._seq, now=now)
+                    self.store.save_task(by_id[t.id])
+        ordered = [by_id[tid] for tid in wrec.get("task_ids", []) if tid in by_id]
+        flow = self._make_flow(wrec, ordered)
+        flow.events = self.store.load_events(wrec["id"])
+        for i, e in enumerate(flow.events, 1):
+            e["seq"] = i
+        if not flow.finished:
+            self._skip_blocked(flow)
+            self._maybe_finish(flow)
+
+    def _make_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> _Flow:
+        tasks = {t["id"]: t for t in task_recs}
+        dependents: dict[str, list[str]] = {tid: [] for tid in tasks}
+        for t in task_recs:
+            for dep in t.get("depends_on", []):
+                if dep in dependents:
+                    dependents[dep].append(t["id"])
+        flow = _Flow(rec=wrec, tasks=tasks, dependents=dependents)
+        flow.limit = wrec.get("max_parallel") or self.config.executor.max_concurrent_tasks
+        self._flows[wrec["id"]] = flow
+        self._index(flow)
+        return flow
+
+    def _index(self, flow: _Flow) -> None:
+        """Recompute dependency counts, the ready heap and backoff entries."""
+        flow.ready = []
+        flow.unfinished = 0
+        now_wall, now_mono = time.time(), time.monotonic()
+        for tid, t in flow.tasks.items():
+            if t["status"] not in R.FINISHED_TASK:
+                flow.unfinished += 1
+            flow.waiting[tid] = sum(1 for d in t.get("depends_on", [])
+                                    if flow.tasks.get(d, {}).get("status") != "succeeded")
+            if t["status"] == "queued" and flow.waiting[tid] == 0:
+                if t.get("retry_at") and t["retry_at"] > now_wall:
+                    heapq.heappush(self._backoff, (now_mono + t["retry_at"] - now_wall, t["key"]))
+                else:
+                    self._push_ready(flow, t)
+
+    def _push_ready(self, flow: _Flow, task: dict[str, Any]) -> None:
+        heapq.heappush(flow.ready, (-PRIORITIES.get(task.get("priority"), 1),
+                                    task.get("seq") or 0, task["id"]))
+
+    def _skip_blocked(self, flow: _Flow) -> None:
+        """Queued tasks behind a failed/cancelled/skipped dependency are skipped."""
+        for t in flow.tasks.values():
+            if t["status"] in ("failed", "cancelled", "skipped"):
+                self._skip_dependents(flow, t, time.time())
+
+    def _lookup_key(self, key: str) -> tuple[_Flow, dict[str, Any]] | None:
+        workflow_id, _, task_id = key.partition(".")
+        flow = self._flows.get(workflow_id)
+        task = flow.tasks.get(task_id) if flow else None
+        return (flow, task) if task else None

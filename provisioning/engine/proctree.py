@@ -1,0 +1,94 @@
+"""Finding and killing a task's process tree.
+
+A task runs in its own session, so one killpg reaches most of it. What killpg
+misses: descendants that called setsid; what psutil's children() misses:
+orphans reparented to init (giampaolo/psutil#2534). So every task process
+carries its key in the environment (PROVISIONING_TASK_ID, inherited by all
+descendants) and the sweep also kills our own processes carrying it (the
+trick Jenkins' ProcessTreeKiller uses). Never signal a pid without checking
+its create time: pids are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+MARKER_ENV = "PROVISIONING_TASK_ID"  # every descendant inherits it; the sweep looks for it
+
+
+def tree_processes(pid: int | None, create_time: float | None, key: str) -> list:
+    """Processes of a task: the main one (if it is still the same process), its
+    descendants, and any process of ours carrying the task's marker."""
+    import psutil
+
+    found: dict[int, Any] = {}
+    if pid is not None:
+        try:
+            main = psutil.Process(pid)
+            if create_time is None or abs(main.create_time() - create_time) < 0.01:
+                found[main.pid] = main
+                for c in main.children(recursive=True):
+                    found[c.pid] = c
+        except psutil.Error:
+            pass
+    for p in marked_processes({key}).get(key, []):
+        found.setdefault(p.pid, p)
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def marked_processes(keys: set[str]) -> dict[str, list]:
+    """Our processes whose environment carries one of the task keys (Jenkins'
+    ProcessTreeKiller trick): finds descendants that escaped the group and tree."""
+    import psutil
+
+    uid = os.getuid()
+    me = os.getpid()
+    out: dict[str, list] = {}
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.pid == me or p.info["uids"] is None or p.info["uids"].real != uid:
+                continue
+            value = p.environ().get(MARKER_ENV)
+        except (psutil.Error, OSError):
+            continue
+        if value in keys:
+            out.setdefault(value, []).append(p)
+    return out
+
+
+def kill_tree(pid: int | None, create_time: float | None, key: str, grace: float) -> None:
+    """Kill a task tree left by an earlier process (recovery): SIGTERM the group and
+    the tree, wait up to `grace`, SIGKILL what is left, sweep by marker."""
+    import psutil
+
+    procs = tree_processes(pid, create_time, key)
+    if not procs:
+        return
+    if pid is not None and any(p.pid == pid for p in procs):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in procs:
+        signal_quietly(p, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    if pid is not None and any(p.pid == pid for p in procs):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for p in alive + tree_processes(None, None, key):
+        signal_quietly(p, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace)
+
+
+def signal_quietly(p: Any, sig: int) -> None:
+    import psutil
+
+    try:
+        p.send_signal(sig)
+    except (psutil.Error, OSError):
+        pass

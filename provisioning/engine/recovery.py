@@ -1,0 +1,82 @@
+"""Crash recovery: bring records left by a dead engine back to a runnable state.
+
+Per failure kind (DESIGN.md 7, PITFALLS "write down what happens"):
+- queued tasks stay queued;
+- tasks that were running: their process tree, if still alive (pid and
+  create time match), is killed first, and any process still carrying the
+  task's marker is swept, so a task never runs twice at once; then the
+  task's checkpoint decides: `{"done": true}` -> succeeded with its
+  "result", otherwise queued again (at-least-once; attempts are kept, the
+  interrupted attempt does not use up a retry);
+- succeeded tasks never run again;
+- a workflow whose cancel was requested finishes as cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from provisioning.engine import executor
+from provisioning.engine.records import add_history
+from provisioning.fsutil import read_json
+from provisioning.store.base import Store
+
+log = logging.getLogger("provisioning.engine")
+
+
+def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
+                          tasks: list[dict[str, Any]], *, kill_grace: float) -> None:
+    """Resolve every `running` task record in place and persist it."""
+    running = [t for t in tasks if t.get("status") == "running"]
+    if not running:
+        return
+    marked = executor.marked_processes({t["key"] for t in running})
+    for task in running:
+        lease = task.get("lease") or {}
+        pid, create_time = lease.get("pid"), lease.get("pid_create_time")
+        if _alive(pid, create_time) or marked.get(task["key"]):
+            log.warning("task %s: process tree of a previous run is still alive; killing it",
+                        task["key"])
+            executor.kill_tree(pid, create_time, task["key"], kill_grace)
+        now = time.time()
+        checkpoint = _read_checkpoint(store.checkpoint_path(task["workflow_id"], task["id"]))
+        add_history(task, {"attempt": task.get("attempts", 0), "status": "interrupted",
+                           "started_at": task.get("started_at"), "finished_at": now,
+                           "owner": lease.get("owner")})
+        workflow = workflows.get(task["workflow_id"]) or {}
+        if checkpoint.get("done") is True:
+            task.update(status="succeeded", progress=100, result=checkpoint.get("result"),
+                        finished_at=now, error=None)
+        elif workflow.get("cancel_requested"):
+            task.update(status="cancelled", finished_at=now, error="cancelled")
+        else:
+            task.update(status="queued", started_at=None, finished_at=None, retry_at=None,
+                        attempt_base=task.get("attempt_base", 0) + 1,
+                        message="interrupted by an orchestrator restart; queued again")
+        task.update(lease=None, updated_at=now,
+                    last_lease_token=lease.get("token") or task.get("last_lease_token"))
+        store.save_task(task)
+
+
+def _alive(pid: Any, create_time: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if isinstance(create_time, (int, float)) and create_time:
+            return abs(p.create_time() - create_time) < 0.01
+        return False  # no create time recorded: cannot prove it is ours
+    except psutil.Error:
+        return False
+
+
+def _read_checkpoint(path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

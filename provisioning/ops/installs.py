@@ -1,0 +1,239 @@
+"""Install and remove taskservs on a server, through its provider.
+
+Install: copy the taskserv folder to `opt/taskservs/<name>/` on the server,
+render its templates, run its install script there (context JSON on stdin),
+record the service processes it reports (last stdout line
+`{"pids": [...]}`), then wait for its health check. Every step is recorded
+in the taskserv's state record, so a failed install is visible in
+`taskserv list` and a re-run (`workflow retry`) starts it over cleanly:
+leftover processes of the failed attempt are stopped first.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from provisioning.errors import ProvisioningError
+from provisioning.ops import procs
+from provisioning.ops.infra import Infra
+from provisioning.ops.state import StateStore
+from provisioning.ops.taskservs import (
+    effective_ports,
+    render_template,
+    script_argv,
+    template_values,
+)
+
+INSTALL_TIMEOUT_S = 300
+DEFAULT_HEALTH_TIMEOUT_S = 20
+
+
+def _deploy_dir(name: str) -> str:
+    return f"opt/taskservs/{name}"
+
+
+def _pids_from(stdout: str) -> list[int]:
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                return []
+            pids = data.get("pids", []) if isinstance(data, dict) else []
+            return [int(p) for p in pids if isinstance(p, int)]
+        if line:
+            return []
+    return []
+
+
+def _relay(report: Any, prefix: str, text: str) -> None:
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("{"):
+            report.log(f"[{prefix}] {line}")
+
+
+def install(infra: Infra, hostname: str, name: str, report: Any, *,
+            state: StateStore | None = None) -> dict[str, Any]:
+    """Install (or confirm) one taskserv on one server."""
+    from provisioning.ops.servers import provider_for, taskserv_status
+
+    state = state or StateStore()
+    tdef = infra.catalog.get(name)
+    provider = provider_for(infra, state)
+    with state.lock(infra.name, hostname):
+        server = state.server(infra.name, hostname)
+        if server is None or provider.status(hostname) == "missing":
+            raise ProvisioningError(
+                f"server {hostname} of infra {infra.name} does not exist; create it first",
+                hint=f"provisioning server create {hostname} --infra {infra.name}")
+        required_ports: dict[str, dict[str, int]] = {}
+        for req in tdef.requires:
+            rec = state.taskserv(infra.name, hostname, req)
+            if rec is None or taskserv_status(rec) != "running":
+                raise ProvisioningError(f"taskserv {name} requires {req}, which is not running "
+                                        f"on {hostname}", hint=f"install {req} first")
+            required_ports[req] = rec.get("ports", {})
+
+        existing = state.taskserv(infra.name, hostname, name)
+        if existing and taskserv_status(existing) == "running":
+            ok, detail = _health(tdef.health, server, existing.get("ports", {}), deadline=5)
+            if ok:
+                message = f"taskserv {name} is already running on {hostname}; nothing to do"
+                report.progress(100, message)
+                return {"taskserv": name, "hostname": hostname, "changed": False,
+                        "ports": existing.get("ports", {}), "message": message}
+        if existing:  # a failed, dead or interrupted earlier attempt: start over cleanly
+            report.log(f"cleaning up an earlier install of {name} on {hostname} "
+                       f"(status {taskserv_status(existing)})")
+            for p in existing.get("processes", []):
+                procs.stop(p)
+
+        overrides = infra.taskserv_settings.get(name, {})
+        ports = effective_ports(tdef, overrides, provider.port_offset(server))
+        seq = existing.get("seq") if existing else None
+        if seq is None:
+            seq = 1 + max((t.get("seq", 0) for t in state.taskservs(infra.name, hostname)),
+                          default=0)
+        record: dict[str, Any] = {
+            "name": name, "hostname": hostname, "infra": infra.name, "status": "installing",
+            "requires": list(tdef.requires), "ports": ports, "health": tdef.health,
+            "processes": [], "files": [], "source": str(tdef.dir), "seq": seq,
+            "started_at": time.time(), "error": None,
+            "attempts": (existing or {}).get("attempts", 0) + 1,
+        }
+        state.save_taskserv(infra.name, hostname, record)
+        try:
+            _deploy_and_run(infra, server, tdef, ports, required_ports, provider, record,
+                            report, state)
+        except ProvisioningError as e:
+            record.update(status="failed", error=e.message, finished_at=time.time())
+            state.save_taskserv(infra.name, hostname, record)
+            raise
+        record.update(status="installed", installed_at=time.time())
+        state.save_taskserv(infra.name, hostname, record)
+    where = ", ".join(f"{k}={server['address']}:{v}" for k, v in ports.items())
+    message = f"taskserv {name} installed on {hostname} ({where})"
+    report.progress(100, message)
+    return {"taskserv": name, "hostname": hostname, "changed": True, "ports": ports,
+            "address": server["address"], "message": message}
+
+
+def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict[str, int],
+                    required_ports: dict[str, dict[str, int]], provider: Any,
+                    record: dict[str, Any], report: Any, state: StateStore) -> None:
+    hostname = server["hostname"]
+    deploy = _deploy_dir(tdef.name)
+    report.progress(15, f"copying {tdef.name} to {hostname}")
+    for f in sorted(tdef.dir.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            rel = f.relative_to(tdef.dir).as_posix()
+            mode = 0o700 if rel.split(".")[0] in ("install", "remove") else 0o600
+            provider.copy_file(hostname, f, f"{deploy}/{rel}", mode=mode)
+    record["files"] = [deploy]
+
+    values = template_values(infra=infra, server=server, tdef=tdef, ports=ports,
+                             required_ports=required_ports)
+    report.progress(30, f"rendering {len(tdef.templates)} template(s)")
+    with tempfile.TemporaryDirectory(prefix="provisioning-render-") as tmp:
+        for src, dest in tdef.templates.items():
+            out = Path(tmp) / Path(src).name
+            out.write_text(render_template(tdef, src, values), encoding="utf-8")
+            provider.copy_file(hostname, out, dest)
+            record["files"].append(dest)
+    state.save_taskserv(infra.name, hostname, record)
+
+    script = tdef.script("install")
+    if script is not None:
+        report.progress(50, f"running install of {tdef.name} on {hostname}")
+        context = {"hostname": hostname, "address": server["address"], "root": server["root"],
+                   "infra": infra.name, "taskserv": tdef.name, "ports": ports,
+                   "required_ports": required_ports, "values": values,
+                   "dir": f"{server['root']}/{deploy}"}
+        argv = script_argv(Path(deploy) / script.name)
+        proc = provider.run(hostname, argv, input=json.dumps(context),
+                            timeout=INSTALL_TIMEOUT_S)
+        _relay(report, f"{tdef.name} install", proc.stdout)
+        _relay(report, f"{tdef.name} install", proc.stderr)
+        for pid in _pids_from(proc.stdout):
+            ident = procs.identify(pid)
+            if ident:
+                record["processes"].append(ident)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+            raise ProvisioningError(f"install of {tdef.name} on {hostname} failed "
+                                    f"(exit {proc.returncode}): {last}")
+        record["status"] = "starting"
+        state.save_taskserv(infra.name, hostname, record)
+
+    if tdef.health:
+        report.progress(75, f"waiting for {tdef.name} on {hostname} to be healthy")
+        deadline = float(tdef.health.get("timeout_s", DEFAULT_HEALTH_TIMEOUT_S))
+        ok, detail = _health(tdef.health, server, ports, deadline=deadline)
+        report.log(f"health {tdef.name}@{hostname}: {detail}")
+        if not ok:
+            raise ProvisioningError(f"taskserv {tdef.name} on {hostname} is not healthy "
+                                    f"after {deadline:g}s: {detail}")
+
+
+def _health(health: dict[str, Any] | None, server: dict[str, Any], ports: dict[str, int],
+            *, deadline: float) -> tuple[bool, str]:
+    if not health:
+        return True, "no health check declared"
+    return procs.wait_healthy(health["type"], server["address"], ports[health["port"]],
+                              deadline_s=deadline, path=health.get("path", "/"),
+                              send=health.get("send", ""), expect=health.get("expect", ""))
+
+
+def remove(infra_name: str, hostname: str, name: str, report: Any, *, provider: Any,
+           state: StateStore | None = None) -> dict[str, Any]:
+    """Remove one taskserv (refused while another installed taskserv requires it)."""
+    state = state or StateStore()
+    with state.lock(infra_name, hostname):
+        return remove_locked(infra_name, hostname, name, report, provider=provider,
+                             state=state, force=False)
+
+
+def remove_locked(infra_name: str, hostname: str, name: str, report: Any, *, provider: Any,
+                  state: StateStore, force: bool) -> dict[str, Any]:
+    record = state.taskserv(infra_name, hostname, name)
+    if record is None:
+        message = f"taskserv {name} is not installed on {hostname}; nothing to remove"
+        report.progress(100, message)
+        return {"taskserv": name, "hostname": hostname, "changed": False, "message": message}
+    if not force:
+        users = [t["name"] for t in state.taskservs(infra_name, hostname)
+                 if name in t.get("requires", [])]
+        if users:
+            raise ProvisioningError(f"taskserv {name} on {hostname} is required by "
+                                    f"{', '.join(users)}", hint="remove those first")
+    exists = provider is not None and provider.status(hostname) != "missing"
+    if exists and record.get("source"):
+        for suffix in (".py", ".nu", ""):
+            deployed = f"{_deploy_dir(name)}/remove{suffix}"
+            if (Path(record.get("source")) / f"remove{suffix}").is_file():
+                try:
+                    proc = provider.run(hostname, script_argv(Path(deployed)),
+                                        input=json.dumps({"hostname": hostname, "taskserv": name,
+                                                          "ports": record.get("ports", {})}),
+                                        timeout=INSTALL_TIMEOUT_S)
+                    _relay(report, f"{name} remove", proc.stdout + proc.stderr)
+                    failed = f"exited {proc.returncode}" if proc.returncode else ""
+                except ProvisioningError as e:
+                    failed = e.message
+                if failed:
+                    report.log(f"warning: remove script of {name}: {failed}; "
+                               "stopping its processes anyway")
+                break
+    stopped = sum(1 for p in record.get("processes", []) if procs.stop(p))
+    if exists:
+        for f in record.get("files", []):
+            provider.remove_path(hostname, f)
+    state.remove_taskserv(infra_name, hostname, name)
+    message = f"taskserv {name} removed from {hostname} ({stopped} process(es) stopped)"
+    report.log(message)
+    return {"taskserv": name, "hostname": hostname, "changed": True, "message": message}

@@ -1,0 +1,163 @@
+"""Servers of an infra: create, delete, and views reconciled with reality."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provisioning.errors import NotFound, ProvisioningError, UsageError
+from provisioning.ops import procs
+from provisioning.ops.infra import Infra
+from provisioning.ops.state import StateStore
+
+
+def provider_for(infra: Infra, state: StateStore):
+    from provisioning.ops.providers import open_provider
+
+    return open_provider(infra.provider, infra=infra.name, settings=infra.provider_settings,
+                         state=state)
+
+
+def provider_from_state(infra_name: str, state: StateStore):
+    """The provider of an infra known only from state (its file may be gone)."""
+    from provisioning.ops.providers import open_provider
+
+    rec = state.infra_record(infra_name)
+    if rec is None:
+        return None
+    return open_provider(rec["provider"], infra=infra_name,
+                         settings=rec.get("provider_settings", {}), state=state)
+
+
+def create(infra: Infra, hostname: str, report: Any, *, state: StateStore | None = None
+           ) -> dict[str, Any]:
+    """Create one server; a second create is a no-op that says so."""
+    state = state or StateStore()
+    server = infra.server(hostname)
+    provider = provider_for(infra, state)
+    with state.lock(infra.name, hostname):
+        state.record_infra(infra.name, str(infra.dir), infra.provider, infra.provider_settings)
+        report.progress(10, f"creating server {hostname} on provider {infra.provider}")
+        record, created = provider.create_server(server)
+        if created:
+            record["status"] = "running"
+            state.save_server(infra.name, record)
+            message = f"server {hostname} created at {record['address']} ({record['root']})"
+        else:
+            message = f"server {hostname} already exists at {record['address']}; nothing to do"
+    report.progress(100, message)
+    return {"hostname": hostname, "infra": infra.name, "address": record["address"],
+            "root": record["root"], "changed": created, "message": message}
+
+
+def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
+           state: StateStore | None = None) -> dict[str, Any]:
+    """Delete one server and every taskserv on it; a missing server is a no-op."""
+    from provisioning.ops import installs
+
+    state = state or StateStore()
+    provider = provider or provider_from_state(infra_name, state)
+    with state.lock(infra_name, hostname):
+        record = state.server(infra_name, hostname)
+        exists = provider is not None and provider.status(hostname) != "missing"
+        if record is None and not exists:
+            message = f"server {hostname} does not exist in infra {infra_name}; nothing to delete"
+            report.progress(100, message)
+            state.prune_infra(infra_name)
+            return {"hostname": hostname, "infra": infra_name, "changed": False,
+                    "message": message}
+        installed = sorted(state.taskservs(infra_name, hostname),
+                           key=lambda t: t.get("seq", 0), reverse=True)
+        for i, ts in enumerate(installed):
+            report.progress(10 + 60 * i // max(1, len(installed)),
+                            f"removing taskserv {ts['name']} from {hostname}")
+            installs.remove_locked(infra_name, hostname, ts["name"], report, provider=provider,
+                                   state=state, force=True)
+        report.progress(80, f"deleting server {hostname}")
+        if provider is not None:
+            provider.delete_server(hostname)
+        state.remove_server(infra_name, hostname)
+        state.prune_infra(infra_name)
+    message = f"server {hostname} deleted"
+    report.progress(100, message)
+    return {"hostname": hostname, "infra": infra_name, "changed": True, "message": message}
+
+
+# -- views -----------------------------------------------------------------------
+
+def taskserv_status(rec: dict[str, Any]) -> str:
+    """Recorded status reconciled with the processes: a dead service says 'dead'."""
+    status = rec.get("status", "unknown")
+    if status == "installed":
+        processes = rec.get("processes", [])
+        if processes and not all(procs.alive(p) for p in processes):
+            return "dead"
+        return "running"
+    return status
+
+
+def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
+                provider: Any = None, *, probe: bool = False) -> dict[str, Any]:
+    host = record["hostname"]
+    exists = provider.status(host) != "missing" if provider is not None else False
+    taskservs = []
+    for ts in sorted(state.taskservs(infra_name, host), key=lambda t: t.get("seq", 0)):
+        view = {"name": ts["name"], "status": taskserv_status(ts), "ports": ts.get("ports", {}),
+                "processes": ts.get("processes", []), "error": ts.get("error")}
+        if probe and ts.get("health") and view["status"] == "running":
+            h = ts["health"]
+            ok, detail = procs.check_once(h["type"], record["address"],
+                                          ts["ports"][h["port"]], path=h.get("path", "/"),
+                                          send=h.get("send", ""), expect=h.get("expect", ""))
+            view["health"] = {"ok": ok, "detail": detail}
+            if not ok:
+                view["status"] = "unhealthy"
+        taskservs.append(view)
+    if not exists:
+        status = "missing"
+    elif any(t["status"] in ("dead", "unhealthy") for t in taskservs):
+        status = "degraded"
+    elif any(t["status"] in ("failed", "installing", "starting") for t in taskservs):
+        status = "incomplete"
+    else:
+        status = "running"
+    return {"hostname": host, "infra": infra_name, "provider": record.get("provider"),
+            "address": record.get("address"), "port_offset": record.get("port_offset", 0),
+            "root": record.get("root"), "plan": record.get("plan"), "zone": record.get("zone"),
+            "labels": record.get("labels", {}), "status": status, "taskservs": taskservs,
+            "created_at": record.get("created_at")}
+
+
+def list_views(infra_name: str | None = None, *, state: StateStore | None = None,
+               probe: bool = False) -> list[dict[str, Any]]:
+    """Every recorded server (of one infra, or all), reconciled with reality."""
+    state = state or StateStore()
+    names = [infra_name] if infra_name else state.infra_names()
+    out = []
+    for name in names:
+        records = state.servers(name)
+        if not records:
+            continue
+        try:
+            provider = provider_from_state(name, state)
+        except ProvisioningError:
+            provider = None  # an extension provider that is no longer installed
+        out.extend(server_view(name, r, state, provider, probe=probe) for r in records)
+    return out
+
+
+def show(hostname: str, infra_name: str | None = None, *, state: StateStore | None = None
+         ) -> dict[str, Any]:
+    state = state or StateStore()
+    matches = [v for v in list_views(infra_name, state=state) if v["hostname"] == hostname]
+    if not matches:
+        where = f" in infra {infra_name}" if infra_name else ""
+        raise NotFound(f"server {hostname} does not exist{where}",
+                       hint="'provisioning server list' shows the servers that do")
+    if len(matches) > 1:
+        raise UsageError(f"server {hostname} exists in several infras "
+                         f"({', '.join(m['infra'] for m in matches)})", hint="pass --infra")
+    view = matches[0]
+    record = state.server(view["infra"], hostname) or {}
+    provider = provider_from_state(view["infra"], state)
+    return server_view(view["infra"], record, state, provider, probe=True)
+

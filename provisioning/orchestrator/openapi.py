@@ -1,0 +1,186 @@
+"""The OpenAPI 3.0 description of the API (served at GET /openapi.json).
+
+Written by hand so it can say what each route means; tests/test_openapi.py
+keeps it true: every route in api.ROUTES is described here, and every path
+described here answers on a live daemon.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provisioning.versions import API_VERSION, PLATFORM_VERSION
+
+_ERROR = {"$ref": "#/components/responses/Error"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, responses: dict[str, Any], *, body: dict[str, Any] | None = None,
+        params: list[dict[str, Any]] | None = None, secured: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses,
+                                                            "4XX": _ERROR}}
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    if not secured:
+        op["security"] = []
+    return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", "maxLength": 193}}
+
+
+def _query_param(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema}
+
+
+WORKFLOW_ID = _path_param("workflow_id", "workflow id (as returned on submission)")
+TASK_KEY = _path_param("task_key", "<workflow_id>.<task_id>")
+
+_KIND_BODY = {"type": "object", "additionalProperties": False, "required": ["infra"],
+              "properties": {"infra": {"type": "string", "maxLength": 256},
+                             "params": {"type": "object"}}}
+
+_KIND_SUMMARIES = {
+    "/workflows/servers/create": "Create the servers of an infra (params: servers, ...)",
+    "/workflows/servers/delete": "Delete servers of an infra",
+    "/workflows/taskserv/create": "Install a task service on servers of an infra",
+    "/workflows/cluster/create": "Create a cluster (servers + task services)",
+}
+
+
+def openapi_document(port: int | None = None) -> dict[str, Any]:
+    """The whole document; `port` fills the servers entry when known."""
+    accepted = {"202": _json(_ref("Accepted"), "queued")}
+    paths: dict[str, Any] = {
+        "/health": {"get": _op("Liveness, versions and queue counts (no token)",
+                               {"200": _json(_ref("Health"))}, secured=False)},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
+        "/workflows": {
+            "post": _op("Submit a whole workflow definition (DESIGN.md 6)", accepted,
+                        body=_ref("WorkflowDefinition")),
+            "get": _op("List workflows, newest first",
+                       {"200": _json({"type": "object", "properties": {
+                           "workflows": {"type": "array", "items": _ref("Workflow")}}})},
+                       params=[_query_param("status", {"type": "string", "enum": [
+                           "queued", "running", "succeeded", "failed", "cancelled"]},
+                           "only workflows in this state")]),
+        },
+        "/workflows/{workflow_id}": {"get": _op(
+            "One workflow with every task's state, progress, attempts and timings",
+            {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
+        "/workflows/{workflow_id}/cancel": {"post": _op(
+            "Cancel running and pending tasks (body optional: {})",
+            {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
+        "/workflows/{workflow_id}/retry": {"post": _op(
+            "Re-run failed/cancelled tasks from their checkpoints, never completed ones "
+            "(body optional: {}); 409 while the workflow runs",
+            {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
+        "/workflows/{workflow_id}/events": {"get": _op(
+            "Long-poll state/progress events with seq > after (waits up to timeout s, max 30)",
+            {"200": _json({"type": "object", "properties": {
+                "events": {"type": "array", "items": _ref("Event")},
+                "last": {"type": "integer"}, "status": {"type": "string"}}})},
+            params=[WORKFLOW_ID,
+                    _query_param("after", {"type": "integer", "minimum": 0}, "last seq seen"),
+                    _query_param("timeout", {"type": "number", "minimum": 0, "maximum": 30},
+                                 "seconds to wait for new events")])},
+        "/tasks/{task_key}": {"get": _op("One task", {"200": _json(_ref("Task"))},
+                                         params=[TASK_KEY])},
+        "/tasks/{task_key}/log": {"get": _op(
+            "The task's captured output from offset (headers X-Log-Size, X-Log-Offset)",
+            {"200": {"description": "log bytes",
+                     "headers": {"X-Log-Size": {"schema": {"type": "integer"}},
+                                 "X-Log-Offset": {"schema": {"type": "integer"}}},
+                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            params=[TASK_KEY, _query_param("offset", {"type": "integer", "minimum": 0},
+                                           "byte offset to read from")])},
+        "/tasks/{task_key}/progress": {"post": _op(
+            "Progress report from a running task (API token or the task's own token)",
+            {"200": _json(_ref("Task"))}, params=[TASK_KEY], body={
+                "type": "object", "additionalProperties": False, "required": ["progress"],
+                "properties": {"progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                               "status": {"type": "string", "maxLength": 64},
+                               "message": {"type": "string", "maxLength": 4096}}})},
+    }
+    for path, summary in _KIND_SUMMARIES.items():
+        paths[path] = {"post": _op(summary, accepted, body=_KIND_BODY)}
+
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "provisioning orchestrator", "version": PLATFORM_VERSION,
+                 "description": f"API {API_VERSION}. Every route but /health needs "
+                                "'Authorization: Bearer <token>' (the data dir's token file)."},
+        "servers": [{"url": f"http://127.0.0.1:{port or 9090}"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {"Error": _json(_ref("Error"), "bad request, auth, not found, ...")},
+            "schemas": _SCHEMAS,
+        },
+    }
+
+
+_NUM = {"type": "number", "nullable": True}
+_STR = {"type": "string", "nullable": True}
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"],
+              "properties": {"error": {"type": "string"}}},
+    "Accepted": {"type": "object", "properties": {"workflow_id": {"type": "string"},
+                                                  "status": {"type": "string"}}},
+    "Health": {"type": "object", "properties": {
+        "status": {"type": "string"}, "instance_id": {"type": "string"},
+        "pid": {"type": "integer"}, "platform_version": {"type": "string"},
+        "core_version": {"type": "string"}, "api_version": {"type": "string"},
+        "uptime_s": {"type": "number"}, "port": {"type": "integer"},
+        "draining": {"type": "boolean"}, "queue": {"type": "object"}}},
+    "WorkflowDefinition": {"type": "object", "required": ["tasks"], "properties": {
+        "workflow": {"type": "object", "properties": {
+            "name": {"type": "string"}, "max_parallel": {"type": "integer", "minimum": 1},
+            "kind": {"type": "string"}, "description": {"type": "string"}}},
+        "tasks": {"type": "array", "minItems": 1, "items": {"type": "object",
+                  "required": ["id", "op"], "properties": {
+                      "id": {"type": "string"}, "op": {"type": "string"},
+                      "params": {"type": "object"},
+                      "depends_on": {"type": "array", "items": {"type": "string"}},
+                      "priority": {"type": "string",
+                                   "enum": ["low", "normal", "high", "critical"]},
+                      "retries": {"type": "integer"}, "timeout_s": {"type": "integer"}}}}}},
+    "Task": {"type": "object", "properties": {
+        "key": {"type": "string"}, "workflow_id": {"type": "string"}, "id": {"type": "string"},
+        "op": {"type": "string"}, "params": {"type": "object"},
+        "depends_on": {"type": "array", "items": {"type": "string"}},
+        "priority": {"type": "string"}, "status": {"type": "string", "enum": [
+            "queued", "running", "succeeded", "failed", "cancelled", "skipped"]},
+        "progress": {"type": "integer"}, "message": _STR, "attempts": {"type": "integer"},
+        "retries": {"type": "integer"}, "started_at": _NUM, "finished_at": _NUM,
+        "duration_s": _NUM, "exit_code": {"type": "integer", "nullable": True},
+        "signal": {"type": "integer", "nullable": True}, "error": _STR, "result": {},
+        "pid": {"type": "integer", "nullable": True}}},
+    "Workflow": {"type": "object", "properties": {
+        "workflow_id": {"type": "string"}, "name": {"type": "string"},
+        "kind": {"type": "string"}, "status": {"type": "string"},
+        "created_at": _NUM, "started_at": _NUM, "finished_at": _NUM, "duration_s": _NUM,
+        "max_parallel": {"type": "integer", "nullable": True},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "tasks": {"type": "array", "items": _ref("Task")}}},
+    "Event": {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "ts": {"type": "number"},
+        "type": {"type": "string", "enum": ["workflow", "task", "progress"]},
+        "task": _STR, "status": _STR, "progress": {"type": "integer", "nullable": True},
+        "message": _STR}},
+}

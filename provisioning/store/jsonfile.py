@@ -1,0 +1,373 @@
+"""JsonFileStore: the daemon's durable queue, one JSON file per record.
+
+Layout under the data dir (see provisioning.paths.DataPaths, docs/store.md):
+
+  workflows/<workflow_id>.json           one per workflow (the commit point)
+  queue/<workflow_id>.<task_id>.json     one per task
+  events/<workflow_id>.jsonl             append-only event log
+  logs/<workflow_id>/<task_id>.log       captured task output
+  checkpoints/<workflow_id>/<task_id>.json
+  incoming/<workflow_id>.json            submissions of other processes (store.offline)
+  quarantine/                            corrupt or foreign files, moved aside
+
+Every record write is temp file, fsync, rename, directory fsync
+(provisioning.fsutil). The daemon is the only writer of queue/ and
+workflows/ (it holds the data dir's singleton lock), so record writes take no
+file lock; incoming/ is shared with other processes and guarded by
+``DataPaths.queue_lock``.
+
+Thread safety: methods may be called from several threads at once as long as
+no two calls write the same record (the engine serializes per record).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from provisioning import fsutil
+from provisioning.engine.model import task_key
+from provisioning.paths import DataPaths
+from provisioning.store import locks, records
+from provisioning.store.base import Record, Store
+from provisioning.store.fileio import (
+    Staged,
+    append_line,
+    discard,
+    is_temp_name,
+    publish,
+    quarantine,
+    stage_json,
+    storage_errors,
+    sync_staged,
+)
+from provisioning.store.offline import INCOMING_TIMEOUT, check_incoming, incoming_dir
+
+log = logging.getLogger("provisioning.store")
+
+
+class JsonFileStore(Store):
+    def __init__(self, data_paths: DataPaths):
+        self.paths = data_paths
+        self.incoming_dir = incoming_dir(data_paths)
+        with storage_errors(data_paths.data_dir):
+            fsutil.ensure_private_dir(data_paths.data_dir)
+            for d in (data_paths.queue_dir, data_paths.workflows_dir, data_paths.events_dir,
+                      data_paths.logs_dir, data_paths.checkpoints_dir,
+                      data_paths.quarantine_dir, self.incoming_dir):
+                fsutil.ensure_private_dir(d)
+        # Event logs this process has appended to: their tail is known to be whole.
+        self._clean_event_logs: set[str] = set()
+        self._guard = threading.Lock()
+
+    # -- paths ---------------------------------------------------------------
+
+    def _task_file(self, key: str) -> Path:
+        return self.paths.queue_dir / f"{key}.json"
+
+    def _workflow_file(self, workflow_id: str) -> Path:
+        return self.paths.workflows_dir / f"{workflow_id}.json"
+
+    def _events_file(self, workflow_id: str) -> Path:
+        return self.paths.events_dir / f"{workflow_id}.jsonl"
+
+    # -- writes --------------------------------------------------------------
+
+    def add_workflow(self, workflow: Record, tasks: list[Record]) -> None:
+        self.add_workflows([(workflow, tasks)])
+
+    def add_workflows(self, items: list[tuple[Record, list[Record]]]) -> None:
+        """Group commit of several new workflows (same guarantees as add_workflow).
+
+        All files are written to temp files and fsynced (in parallel when
+        there are several), renamed into place, task files before workflow
+        files (the commit points), then each directory is fsynced ONCE for
+        the whole batch. If the machine dies before the directory fsyncs, a workflow file
+        may survive without some task files: load() rebuilds those from the
+        workflow's spec as queued, which is exactly what they were. On any
+        error (StorageFull included) the files this call created are removed,
+        so no half-added workflow is left behind; the call is all or nothing
+        per workflow not yet committed.
+        """
+        planned: list[tuple[Path, Record, list[tuple[Path, Record]]]] = []
+        for workflow, tasks in items:
+            wid = records.check_id(workflow.get("id"), "workflow id")
+            task_files = []
+            for task in tasks:
+                records.check_id(task.get("id"), "task id")
+                key = task.get("key")
+                if key != task_key(wid, task["id"]) or task.get("workflow_id") != wid:
+                    raise ValueError(f"task {key!r} does not belong to workflow {wid!r}")
+                task_files.append((self._task_file(key), task))
+            planned.append((self._workflow_file(wid), workflow, task_files))
+        staged: list[Staged] = []
+        published: list[Path] = []
+        try:
+            with storage_errors(self.paths.data_dir):
+                # One by one (not a comprehension): whatever was staged before an
+                # error must be in `staged` for discard() to remove.
+                for _, _, task_files in planned:
+                    for path, task in task_files:
+                        staged.append(stage_json(path, task))
+                for wf_path, workflow, _ in planned:
+                    staged.append(stage_json(wf_path, workflow))
+                sync_staged(staged)
+                publish(staged, published)  # task files first: workflow files commit
+                fsutil.fsync_dir(self.paths.queue_dir)
+                fsutil.fsync_dir(self.paths.workflows_dir)
+        except BaseException:
+            discard(staged)
+            # Workflow files first, so no task is an orphan for a moment longer than needed.
+            for path in sorted(published, key=lambda p: p.parent != self.paths.workflows_dir):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            raise
+
+    def save_workflow(self, workflow: Record) -> None:
+        wid = records.check_id(workflow.get("id"), "workflow id")
+        with storage_errors(self.paths.data_dir):
+            fsutil.atomic_write_json(self._workflow_file(wid), workflow)
+
+    def save_task(self, task: Record) -> None:
+        records.check_id(task.get("workflow_id"), "workflow id")
+        records.check_id(task.get("id"), "task id")
+        key = task_key(task["workflow_id"], task["id"])
+        if task.get("key") != key:
+            raise ValueError(f"task key {task.get('key')!r} should be {key!r}")
+        with storage_errors(self.paths.data_dir):
+            fsutil.atomic_write_json(self._task_file(key), task)
+
+    # -- recovery ------------------------------------------------------------
+
+    def load(self) -> tuple[list[Record], list[Record]]:
+        """Every workflow and task, checked; see docs/store.md "Recovery".
+
+        Never raises for bad content: a file that cannot be trusted goes to
+        quarantine/ with a warning on the "provisioning.store" logger.
+        Returns workflows in submission order (seq) and their tasks in
+        workflow order, each workflow's tasks in its task_ids order.
+        """
+        touched: set[Path] = set()  # directories whose entries changed: fsync once at the end
+
+        def move_aside(path: Path, reason: str) -> None:
+            if quarantine(path, self.paths.quarantine_dir, reason) is not None:
+                touched.update((path.parent, self.paths.quarantine_dir))
+
+        workflows: dict[str, Record] = {}
+        parsed, bad_workflow_ids = self._read_dir(self.paths.workflows_dir, move_aside)
+        for path, rec in parsed:
+            problem = records.check_workflow(rec, path.name[:-5])
+            if problem:
+                move_aside(path, problem)
+                bad_workflow_ids.add(path.name[:-5])
+            else:
+                workflows[rec["id"]] = rec
+
+        tasks: dict[str, Record] = {}
+        parsed, _ = self._read_dir(self.paths.queue_dir, move_aside)
+        for path, rec in parsed:
+            problem = records.check_task(rec, path.name[:-5])
+            if problem:
+                move_aside(path, problem)
+                continue
+            wf = workflows.get(rec["workflow_id"])
+            if wf is None:
+                if rec["workflow_id"] in bad_workflow_ids:
+                    move_aside(path, "its workflow file was quarantined")
+                else:
+                    # A submission torn by a crash before its commit point: the
+                    # client never got an id for it, so nothing refers to it.
+                    log.warning("removed orphan task file %s: its workflow was never "
+                                "committed (submission interrupted by a crash)", path)
+                    os.unlink(path)
+                    touched.add(path.parent)
+            elif rec["id"] not in wf["task_ids"]:
+                move_aside(path, f"task {rec['id']!r} is not part of workflow {wf['id']}")
+            else:
+                tasks[rec["key"]] = rec
+
+        ordered_tasks: list[Record] = []
+        ordered_wfs = sorted(workflows.values(),
+                             key=lambda w: (_num(w.get("seq")), _num(w.get("created_at"))))
+        for wf in ordered_wfs:
+            specs = {t.get("id"): t for t in wf["spec"]["tasks"] if isinstance(t, dict)}
+            for index, tid in enumerate(wf["task_ids"]):
+                key = task_key(wf["id"], tid)
+                task = tasks.get(key)
+                if task is None:
+                    task = self._rebuild_task(wf, specs[tid], index)
+                    touched.add(self.paths.queue_dir)
+                ordered_tasks.append(task)
+        for d in touched:
+            fsutil.fsync_dir(d)
+        return ordered_wfs, ordered_tasks
+
+    def _rebuild_task(self, wf: Record, spec: dict[str, Any], index: int) -> Record:
+        # The engine numbers a submission's tasks seq s+1..s+n and the workflow
+        # s+n+1; the same numbers keep a rebuilt task in its FIFO place.
+        seq = int(_num(wf.get("seq"))) - len(wf["task_ids"]) + index
+        task = records.new_task_record(wf["id"], spec, seq=max(seq, 0),
+                                       created_at=wf.get("created_at"))
+        log.warning("rebuilt missing task file %s from the spec of workflow %s (as queued)",
+                    self._task_file(task["key"]).name, wf["id"])
+        try:
+            with storage_errors(self.paths.data_dir):
+                fsutil.atomic_write_json(self._task_file(task["key"]), task, sync_dir=False)
+        except Exception as e:  # still usable from memory; written again on its next change
+            log.warning("could not write rebuilt task %s: %s", task["key"], e)
+        return task
+
+    @staticmethod
+    def _read_dir(directory: Path, move_aside) -> tuple[list[tuple[Path, Any]], set[str]]:
+        """Parsed ``*.json`` files of ``directory`` and the stems of the unparseable
+        ones (moved aside, as are temp and foreign files)."""
+        out: list[tuple[Path, Any]] = []
+        unparseable: set[str] = set()
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return out, unparseable
+        for entry in entries:
+            path = Path(entry.path)
+            name = entry.name
+            if is_temp_name(name):
+                move_aside(path, "leftover temp file of an interrupted write")
+                continue
+            if not name.endswith(".json") or not entry.is_file(follow_symlinks=False):
+                move_aside(path, "not a record file")
+                continue
+            try:
+                with open(path, "rb") as f:
+                    rec = json.loads(f.read())
+            except (OSError, ValueError) as e:
+                move_aside(path, f"unreadable: {e}")
+                unparseable.add(name[:-5])
+                continue
+            out.append((path, rec))
+        return out, unparseable
+
+    # -- submissions from other processes -----------------------------------
+
+    def take_incoming(self) -> list[dict[str, Any]]:
+        """Pending offline submissions, oldest first, without deleting them.
+
+        incoming/ is normally empty: that case costs one scandir and no lock.
+        Otherwise the queue lock is taken (a busy lock means: try again on the
+        next timer tick, [] now) so no half-written temp file is mistaken for
+        a leftover of a crash.
+        """
+        try:
+            with os.scandir(self.incoming_dir) as it:
+                if next(it, None) is None:
+                    return []
+        except FileNotFoundError:
+            return []
+        try:
+            with locks.acquire(self.paths.queue_lock, timeout=INCOMING_TIMEOUT):
+                return self._take_incoming_locked()
+        except locks.LockBusy as e:
+            log.warning("incoming submissions not read this time: %s", e)
+            return []
+
+    def _take_incoming_locked(self) -> list[dict[str, Any]]:
+        touched = False
+        items = []
+        for entry in list(os.scandir(self.incoming_dir)):
+            path = Path(entry.path)
+            problem = None
+            item = None
+            if is_temp_name(entry.name):
+                problem = "leftover temp file of an interrupted submission"
+            elif not entry.name.endswith(".json") or not entry.is_file(follow_symlinks=False):
+                problem = "not a submission file"
+            else:
+                try:
+                    with open(path, "rb") as f:
+                        item = json.loads(f.read())
+                except (OSError, ValueError) as e:
+                    problem = f"unreadable: {e}"
+                else:
+                    problem = check_incoming(item, entry.name[:-5])
+            if problem:
+                if quarantine(path, self.paths.quarantine_dir, problem) is not None:
+                    touched = True
+                continue
+            items.append(item)
+        if touched:
+            fsutil.fsync_dir(self.incoming_dir)
+            fsutil.fsync_dir(self.paths.quarantine_dir)
+        items.sort(key=lambda i: (_num(i.get("submitted_at")), i["workflow_id"]))
+        return items
+
+    def remove_incoming(self, workflow_id: str) -> None:
+        path = self.incoming_dir / f"{records.check_id(workflow_id, 'workflow id')}.json"
+        with locks.acquire(self.paths.queue_lock, timeout=INCOMING_TIMEOUT):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return
+            fsutil.fsync_dir(self.incoming_dir)
+
+    # -- events --------------------------------------------------------------
+
+    def append_event(self, workflow_id: str, event: dict[str, Any]) -> None:
+        """One JSON line, one write(). Not fsynced: events are derived from the
+        records (which are), so a power loss may drop the newest events but a
+        process crash (kill -9) loses nothing that write() returned for."""
+        records.check_id(workflow_id, "workflow id")
+        line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        with self._guard:
+            repair = workflow_id not in self._clean_event_logs
+        with storage_errors(self.paths.events_dir):
+            append_line(self._events_file(workflow_id), line, repair_tail=repair)
+        if repair:
+            with self._guard:
+                self._clean_event_logs.add(workflow_id)
+
+    def load_events(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The events of a workflow in order; a torn or corrupt line is skipped."""
+        records.check_id(workflow_id, "workflow id")
+        try:
+            with open(self._events_file(workflow_id), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        events = []
+        lines = data.split(b"\n")
+        for n, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                if n < len(lines):  # not the torn tail of a crash: worth a line in the log
+                    log.warning("skipped corrupt line %d of %s", n, self._events_file(workflow_id))
+                continue
+            events.append(event)
+        return events
+
+    # -- files written by task processes -------------------------------------
+
+    def task_log_path(self, workflow_id: str, task_id: str) -> Path:
+        return self._task_file_in(self.paths.logs_dir, workflow_id, task_id, ".log")
+
+    def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
+        return self._task_file_in(self.paths.checkpoints_dir, workflow_id, task_id, ".json")
+
+    def _task_file_in(self, base: Path, workflow_id: str, task_id: str, suffix: str) -> Path:
+        d = base / records.check_id(workflow_id, "workflow id")
+        with storage_errors(base):
+            fsutil.ensure_private_dir(d)
+        return d / f"{records.check_id(task_id, 'task id')}{suffix}"
+
+
+def _num(value: Any) -> float:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else 0

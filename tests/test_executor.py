@@ -1,0 +1,195 @@
+"""The task executor: real subprocesses, real output volumes, real kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
+from tests.conftest import wait_for
+
+
+def _run(tmp_path: Path, code: str, *, params=None, timeout_s: float = 30, grace: float = 1,
+         env_extra=None, name="t") -> tuple[TaskProcess, dict]:
+    key = f"00000000-0000-4000-8000-000000000000.{name}{os.getpid()}"
+    run = TaskRun(key=key, argv=[sys.executable, "-c", code], params=params or {},
+                  env=clean_env({"PROVISIONING_TASK_ID": key, **(env_extra or {})}),
+                  log_path=tmp_path / f"{name}.log", attempt=1, timeout_s=timeout_s,
+                  kill_grace_s=grace)
+    progress: list[tuple[int, str | None]] = []
+    proc = TaskProcess(run, on_progress=lambda p, m: progress.append((p, m)))
+    return proc, {"progress": progress, "log": run.log_path}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_params_on_stdin_progress_result_and_log(tmp_path: Path):
+    code = r"""
+import json, sys
+p = json.load(sys.stdin)
+print("hello log")
+print("PROGRESS: 10 starting up", flush=True)
+print("PROGRESS: 250")
+print("PROGRESS: nonsense")
+print("RESULT: {\"early\": 1}")
+print("RESULT: " + json.dumps({"echo": p}))
+"""
+    nasty = {"cmd": "$(rm -rf /); `id` && echo hi | cat; 'q' \"dq\"", "n": [1, None]}
+    proc, seen = _run(tmp_path, code, params=nasty)
+    out = proc.run()
+    assert out.succeeded and out.exit_code == 0 and out.signal is None
+    assert out.result == {"echo": nasty}  # params arrive verbatim, last RESULT wins
+    assert seen["progress"] == [(10, "starting up"), (100, None)]
+    log = seen["log"].read_text()
+    assert log.startswith("=== attempt 1 started") and "hello log" in log
+    assert "=== attempt 1 ended: exit code 0" in log
+    # a second attempt appends to the same log
+    proc2, _ = _run(tmp_path, "print('second')")
+    proc2.run()
+    assert seen["log"].read_text().count("=== attempt 1 started") == 2
+
+
+def test_invalid_result_json_is_logged_not_fatal(tmp_path: Path):
+    proc, seen = _run(tmp_path, "print('RESULT: {nope')")
+    out = proc.run()
+    assert out.succeeded and out.result is None
+    assert "RESULT line is not valid JSON" in seen["log"].read_text()
+
+
+def test_exit_code_and_signal_are_recorded(tmp_path: Path):
+    out = _run(tmp_path, "import sys; sys.exit(3)")[0].run()
+    assert out.exit_code == 3 and out.signal is None and not out.succeeded
+    out = _run(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")[0].run()
+    assert out.signal == signal.SIGKILL and out.exit_code is None and not out.succeeded
+
+
+def test_missing_program_fails_cleanly(tmp_path: Path):
+    run = TaskRun(key="k", argv=[str(tmp_path / "nope")], params={}, env=clean_env({}),
+                  log_path=tmp_path / "x.log", attempt=1, timeout_s=5, kill_grace_s=1)
+    out = TaskProcess(run, on_progress=lambda p, m: None).run()
+    assert not out.succeeded and "cannot start" in out.error
+
+
+def test_environment_is_cleaned_and_package_importable(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    code = ("import json, os, provisioning; "
+            "print('RESULT: ' + json.dumps(dict(os.environ)))")
+    proc, _ = _run(tmp_path, code, env_extra={"PROVISIONING_CHECKPOINT": "/x"})
+    monkeypatch.chdir("/")  # the package must import through PYTHONPATH, not the cwd
+    env = proc.run().result
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+    assert env["LC_ALL"] == "C.UTF-8" and env["PROVISIONING_CHECKPOINT"] == "/x"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.slow
+def test_50_mb_of_output_does_not_deadlock(tmp_path: Path):
+    code = r"""
+import sys
+line = b"x" * 1023 + b"\n"
+block = line * 1024
+out = sys.stdout.buffer
+for i in range(50):
+    out.write(block)
+    out.write(b"PROGRESS: %d chunk\n" % (i * 2))
+out.write(b'RESULT: {"mb": 50}\n')
+"""
+    proc, seen = _run(tmp_path, code, timeout_s=120)
+    out = proc.run()
+    assert out.succeeded and out.result == {"mb": 50}
+    assert seen["log"].stat().st_size > 50 * 1024 * 1024
+    assert seen["progress"][-1] == (98, "chunk") and len(seen["progress"]) == 50
+
+
+def test_timeout_kills_a_setsid_grandchild_that_would_outlive_its_parent(tmp_path: Path):
+    pidfile = tmp_path / "grandchild.pid"
+    code = f"""
+import subprocess, sys, time
+# The grandchild leaves the task's session and ignores SIGTERM: only the sweep gets it.
+g = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"],
+    start_new_session=True, stdout=subprocess.DEVNULL)
+open({str(pidfile)!r}, "w").write(str(g.pid))
+print("PROGRESS: 5 spawned", flush=True)
+time.sleep(120)
+"""
+    proc, seen = _run(tmp_path, code, timeout_s=3, grace=1)
+    out = proc.run()
+    assert out.timed_out and not out.succeeded
+    assert out.error == "timeout after 3s"
+    assert out.signal in (signal.SIGTERM, signal.SIGKILL)
+    grandchild = int(pidfile.read_text())
+    wait_for(lambda: _gone(grandchild), timeout=15, what="grandchild to be killed")
+    assert "timeout after 3s: stopping the process tree" in seen["log"].read_text()
+
+
+def test_timeout_sweeps_an_orphan_holding_nothing(tmp_path: Path):
+    """The parent dies first; the setsid'd orphan is found by its marker only."""
+    pidfile = tmp_path / "orphan.pid"
+    code = f"""
+import os, subprocess, sys, time
+g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+open({str(pidfile)!r}, "w").write(str(g.pid))
+sys.stdout.flush()
+os.close(1); os.close(2)   # EOF for the executor while we keep running
+time.sleep(120)
+"""
+    proc, _ = _run(tmp_path, code, timeout_s=3, grace=1, name="orphan")
+    out = proc.run()
+    assert out.timed_out
+    orphan = int(pidfile.read_text())
+    wait_for(lambda: _gone(orphan), timeout=15, what="orphan to be killed")
+
+
+def test_stop_from_another_thread_kills_the_tree(tmp_path: Path):
+    started = tmp_path / "started"
+    code = f"import time; open({str(started)!r}, 'w').close(); time.sleep(120)"
+    proc, _ = _run(tmp_path, code, timeout_s=60, grace=1)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("out", proc.run()))
+    t.start()
+    wait_for(started.exists, timeout=15, what="task start")
+    pid = proc.pid
+    proc.stop("cancelled")
+    t.join(30)
+    assert not t.is_alive()
+    out = result["out"]
+    assert out.stop_reason == "cancelled" and not out.timed_out and not out.succeeded
+    assert _gone(pid)
+    proc.stop("cancelled")  # after the run: harmless
+
+
+def test_leftovers_in_the_group_are_stopped_after_a_normal_exit(tmp_path: Path):
+    pidfile = tmp_path / "bg.pid"
+    code = f"""
+import subprocess, sys
+g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open({str(pidfile)!r}, "w").write(str(g.pid))
+print('RESULT: 1')
+"""
+    out = _run(tmp_path, code, timeout_s=60)[0].run()
+    assert out.succeeded and out.result == 1
+    wait_for(lambda: _gone(int(pidfile.read_text())), timeout=15, what="leftover killed")
+
+
+def test_big_params_do_not_block_a_task_that_never_reads_them(tmp_path: Path):
+    out = _run(tmp_path, "print('RESULT: 2')", params={"blob": "y" * 500_000})[0].run()
+    assert out.succeeded and out.result == 2
+    code = "import json, sys; print('RESULT: ' + json.dumps(len(json.load(sys.stdin)['blob'])))"
+    out = _run(tmp_path, code, params={"blob": "y" * 500_000})[0].run()
+    assert out.result == 500_000
+    assert json.dumps  # keep import used
