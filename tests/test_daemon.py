@@ -199,7 +199,7 @@ def test_notify_socket_gets_ready_and_stopping(tmp_path: Path):
 
 def test_sigterm_drains_running_task_and_refuses_new_work(tmp_path: Path):
     d = start_daemon(tmp_path, foreground=True, executor={"shutdown_grace_seconds": 60})
-    status, body = d.request("POST", "/workflows", blocker_workflow(3, "drain"))
+    status, body = d.request("POST", "/workflows", blocker_workflow(6, "drain"))
     assert status == 202
     key = f"{body['workflow_id']}.block"
     wait_for(lambda: task_running(d, key), timeout=30, what="the task to run")

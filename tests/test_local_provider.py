@@ -57,7 +57,7 @@ def test_run_takes_an_argv_never_a_shell_string():
     tricky = "$(touch pwned); echo hi > x"
     proc = p.run("a", [sys.executable, "-c",
                        "import os,sys; print(sys.argv[1]); print(os.getcwd()); "
-                       "print(os.environ['PROVISIONING_SERVER_ADDRESS'])", tricky])
+                       "print(os.environ['PROVISIONING_HOST_ADDRESS'])", tricky])
     out = proc.stdout.splitlines()
     assert proc.returncode == 0 and out[0] == tricky
     assert out[1] == rec["root"] and out[2] == rec["address"]

@@ -156,14 +156,16 @@ class LocalProvider(Provider):
     def status(self, hostname: str) -> str:
         return "running" if self.root(hostname).is_dir() else "missing"
 
+    # Not PROVISIONING_SERVER_*: that prefix is the [server] config section
+    # (env layer), and a nested `provisioning` call would reject it.
     def _env(self, hostname: str, extra: dict[str, str] | None) -> dict[str, str]:
         record = self.state.server(self.infra, hostname) or {}
         keep = ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "SYSTEMROOT")
         env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("LC_")}
         env.update({
-            "PROVISIONING_SERVER_HOSTNAME": hostname,
-            "PROVISIONING_SERVER_ROOT": str(self.root(hostname)),
-            "PROVISIONING_SERVER_ADDRESS": str(record.get("address", "127.0.0.1")),
+            "PROVISIONING_HOST_NAME": hostname,
+            "PROVISIONING_HOST_ROOT": str(self.root(hostname)),
+            "PROVISIONING_HOST_ADDRESS": str(record.get("address", "127.0.0.1")),
             "PROVISIONING_INFRA": self.infra,
         })
         env.update(extra or {})
