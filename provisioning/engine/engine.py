@@ -5,9 +5,13 @@ All state lives behind one lock; the scheduler sleeps on a Condition and
 wakes for submissions, task exits, cancels and retries, or at a deadline
 (retry backoff, progress checkpoint, the ~2 s look for offline submissions).
 
-Every transition is persisted through the Store before it is visible; a
-task's completion is applied only if its lease token is still the current
-one (fencing). See recovery.py for what happens after a crash.
+Every transition is handed to the group committer (commit.py) under the
+lock and written outside it; what must be durable before something happens
+waits for its batch: a submission before its 202, a claim before its
+process starts, a workflow's writes before a reader is shown them. A task's
+completion is applied only if its lease token is still the current one
+(fencing). See recovery.py for what happens after a crash, and
+docs/performance-notes.md for which write is fsynced when.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from provisioning.config import Config
 from provisioning.engine import records as R
+from provisioning.engine.commit import RecordWriter, Ticket
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.flows import FlowIndex, _Flow, _Running
 from provisioning.engine.model import WorkflowSpec, WorkflowStatus
@@ -50,6 +55,7 @@ class Engine(FlowIndex, TaskTransitions):
     def __init__(self, store: Store, config: Config, *, registry: OpRegistry | None = None,
                  instance_id: str = "direct", endpoint: str | None = None):
         self.store = store
+        self._writer = RecordWriter(store)  # group commit of record writes (commit.py)
         self.config = config
         self.registry = registry or OpRegistry.from_config(config)
         self.instance_id = instance_id
@@ -70,6 +76,7 @@ class Engine(FlowIndex, TaskTransitions):
         self._started = False
         self._thread: threading.Thread | None = None
         self._next_incoming = 0.0
+        self._base_env: dict[str, str] | None = None  # clean_env({}), once per start
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -80,6 +87,7 @@ class Engine(FlowIndex, TaskTransitions):
         with self._lock:
             if self._started:
                 return
+            self._base_env = clean_env({})
             workflows, tasks = self.store.load()
             by_id = {w["id"]: w for w in workflows if R.valid_workflow_id(w.get("id"))}
             for t in tasks:  # before recovery clears leases: tokens must only grow
@@ -94,6 +102,7 @@ class Engine(FlowIndex, TaskTransitions):
             for w in sorted(by_id.values(), key=lambda w: w.get("seq") or 0):
                 self._seq = max(self._seq, _int(w.get("seq")))
                 self._restore_flow(w, grouped.get(w["id"], []))
+            self._writer.flush()  # what recovery rewrote is durable before we go on
             self._started = True
             self._thread = threading.Thread(target=self._scheduler, name="engine-scheduler",
                                             daemon=True)
@@ -127,6 +136,7 @@ class Engine(FlowIndex, TaskTransitions):
             self._thread.join(timeout=10)
         for t in threads:
             t.join(timeout=5)
+        self._writer.close()  # write what is pending; later writes are synchronous
 
     # -- public API --------------------------------------------------------
 
@@ -141,13 +151,22 @@ class Engine(FlowIndex, TaskTransitions):
             if not self._accepting:
                 raise ServiceUnavailable("the orchestrator is shutting down and takes no new "
                                          "workflows", hint="retry once it has restarted")
-            flow = self._add_workflow(str(uuid.uuid4()), spec, time.time())
+            wrec, task_recs = self._new_records(str(uuid.uuid4()), spec, time.time())
+        # Group commit: submissions arriving together are written by one batch,
+        # outside the engine lock; this returns once OUR submission is durable.
+        # Until then nobody else knows the workflow (not listed, not scheduled).
+        self._writer.add_workflow(wrec, task_recs)
+        with self._lock:
+            flow = self._publish_flow(wrec, task_recs)
             self._wake.notify_all()
             return self._view(flow)
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
         with self._lock:
-            return self._view(self._flow(workflow_id))
+            flow = self._flow(workflow_id)
+            view, written = self._view(flow), flow.written
+        self._durable(written)
+        return view
 
     def list_workflows(self, status: str | None = None) -> list[dict[str, Any]]:
         if status is not None and status not in {s.value for s in WorkflowStatus}:
@@ -157,11 +176,18 @@ class Engine(FlowIndex, TaskTransitions):
             flows = [f for f in self._flows.values() if status in (None, f.rec["status"])]
             flows.sort(key=lambda f: (f.rec.get("created_at") or 0, f.rec.get("seq") or 0),
                        reverse=True)
-            return [self._view(f, with_tasks=False) for f in flows]
+            views = [self._view(f, with_tasks=False) for f in flows]
+            pending = [f.written for f in flows if not f.written.done]
+        for written in pending:
+            self._durable(written)
+        return views
 
     def get_task(self, key: str) -> dict[str, Any]:
         with self._lock:
-            return R.task_view(self._task(key)[1])
+            flow, task = self._task(key)
+            view, written = R.task_view(task), flow.written
+        self._durable(written)
+        return view
 
     def task_log_path(self, key: str) -> Path:
         with self._lock:
@@ -177,7 +203,8 @@ class Engine(FlowIndex, TaskTransitions):
                                f"({flow.rec['status']}); nothing to cancel")
             if not flow.rec.get("cancel_requested"):
                 flow.rec["cancel_requested"] = True
-                self.store.save_workflow(flow.rec)
+                # Durable before any task is marked cancelled (rare: wait with the lock).
+                self._writer.wait(self._save_workflow(flow.rec))
                 self._event(flow, "workflow", None, flow.rec["status"],
                             message="cancel requested")
             now = time.time()
@@ -190,7 +217,9 @@ class Engine(FlowIndex, TaskTransitions):
                         handle.process.stop("cancelled")
             self._maybe_finish(flow)
             self._wake.notify_all()
-            return self._view(flow)
+            view, written = self._view(flow), flow.written
+        self._writer.wait(written)  # the cancel is acknowledged once it is durable
+        return view
 
     def retry(self, workflow_id: str) -> dict[str, Any]:
         """Re-queue failed, cancelled and skipped tasks; succeeded ones never run again."""
@@ -207,14 +236,16 @@ class Engine(FlowIndex, TaskTransitions):
             now = time.time()
             for task in again:
                 R.reset_for_rerun(task, now)
-                self.store.save_task(task)
+                self._save_task(task)
                 self._event(flow, "task", task["id"], "queued", message="retry requested")
             flow.rec.update(status="queued", finished_at=None, cancel_requested=False)
-            self.store.save_workflow(flow.rec)
+            self._save_workflow(flow.rec)
             self._event(flow, "workflow", None, "queued", message="retry requested")
             self._index(flow)
             self._wake.notify_all()
-            return self._view(flow)
+            view, written = self._view(flow), flow.written
+        self._writer.wait(written)
+        return view
 
     def report_progress(self, key: str, progress: int, status: str | None = None,
                         message: str | None = None) -> dict[str, Any]:
@@ -251,7 +282,10 @@ class Engine(FlowIndex, TaskTransitions):
                 if remaining <= 0 or (flow.finished and after >= len(flow.events)):
                     break
                 self._changed.wait(remaining)
-            return [dict(e) for e in flow.events[after:after + MAX_EVENTS_PER_CALL]]
+            events = [dict(e) for e in flow.events[after:after + MAX_EVENTS_PER_CALL]]
+            written = flow.written
+        self._durable(written)
+        return events
 
     def wait(self, workflow_id: str, timeout: float | None = None) -> dict[str, Any]:
         """Block until the workflow finishes (or `timeout`); returns its view."""
@@ -263,7 +297,9 @@ class Engine(FlowIndex, TaskTransitions):
                 if remaining is not None and remaining <= 0:
                     break
                 self._changed.wait(remaining)
-            return self._view(flow)
+            view, written = self._view(flow), flow.written
+        self._durable(written)
+        return view
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -302,6 +338,14 @@ class Engine(FlowIndex, TaskTransitions):
 
     def _view(self, flow: _Flow, with_tasks: bool = True) -> dict[str, Any]:
         return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks)
+
+    def _durable(self, written) -> None:
+        """Read barrier (lock NOT held): what a reader is about to be shown of a
+        workflow is on disk first. Returns at once unless that workflow has a
+        write in the batch being written now (a few ms); a failed batch does
+        not block readers (it is written again and logged)."""
+        if not written.done:
+            self._writer.wait(written, raise_errors=False)
 
     # -- scheduler ---------------------------------------------------------
 
@@ -379,19 +423,23 @@ class Engine(FlowIndex, TaskTransitions):
                     message=None, progress=0, last_lease_token=self._lease_seq,
                     lease={"token": self._lease_seq, "owner": self.instance_id, "pid": None,
                            "pid_create_time": None})
-        self.store.save_task(task)  # the lease is on disk before the process exists
+        # Handed to the committer; the task thread waits for this batch before the
+        # process is started, so the lease is on disk before the process exists,
+        # and claims made in one scheduler pass share one batch.
+        claimed = self._save_task(task)
         flow.running += 1
         if flow.rec["status"] == "queued":
             flow.rec["status"] = "running"
             flow.rec["started_at"] = flow.rec.get("started_at") or now
-            self.store.save_workflow(flow.rec)
+            claimed = self._save_workflow(flow.rec)
             self._event(flow, "workflow", None, "running")
         self._event(flow, "task", task["id"], "running",
                     message=f"attempt {task['attempts']}")
-        handle = self._spawn(flow, task, argv)
+        handle = self._spawn(flow, task, argv, claimed)
         self._running[task["key"]] = handle
 
-    def _spawn(self, flow: _Flow, task: dict[str, Any], argv: list[str]) -> _Running:
+    def _spawn(self, flow: _Flow, task: dict[str, Any], argv: list[str],
+               claimed: Ticket) -> _Running:
         key, lease_token = task["key"], self._lease_seq
         task_token = secrets.token_urlsafe(32)
         env = {"PROVISIONING_TASK_ID": key, "PROVISIONING_WORKFLOW_ID": flow.rec["id"],
@@ -403,7 +451,8 @@ class Engine(FlowIndex, TaskTransitions):
         if self.endpoint:
             env["PROVISIONING_ENDPOINT"] = self.endpoint
         params = task.get("params") or {}
-        run = TaskRun(key=key, argv=argv, params=params, env=clean_env(env),
+        base = self._base_env if self._base_env is not None else clean_env({})
+        run = TaskRun(key=key, argv=argv, params=params, env={**base, **env},
                       log_path=self.store.task_log_path(flow.rec["id"], task["id"]),
                       attempt=task["attempts"],
                       timeout_s=task.get("timeout_s") or self.config.executor.task_timeout_seconds,
@@ -412,11 +461,12 @@ class Engine(FlowIndex, TaskTransitions):
             # Fast path with the same contract as builtin/shell_run.py: the argv is the
             # task's process itself (no interpreter start), params env under ours.
             run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
-            run.env = clean_env({**(params.get("env") or {}), **env})
+            run.env = {**base, **(params.get("env") or {}), **env}
         process = TaskProcess(
             run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m),
             on_spawn=lambda pid, ctime: self._on_spawn(key, lease_token, pid, ctime))
-        handle = _Running(process=process, lease_token=lease_token, task_token=task_token)
+        handle = _Running(process=process, lease_token=lease_token, task_token=task_token,
+                          claimed=claimed)
         handle.thread = threading.Thread(target=self._run_task, args=(key, handle),
                                          name=f"task-{task['id']}", daemon=True)
         handle.thread.start()

@@ -116,6 +116,12 @@ class TaskProcess:
 
     def run(self) -> TaskOutcome:
         outcome = TaskOutcome(started_at=time.time())
+        with self._lock:
+            reason = self._stop_reason
+        if reason is not None:  # stopped (cancel, shutdown) before it was started
+            outcome.stop_reason, outcome.finished_at = reason, time.time()
+            self._close_wake()
+            return outcome
         log_fd = os.open(self.spec.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             self._write_header(log_fd)
@@ -124,8 +130,8 @@ class TaskProcess:
                     self.spec.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, start_new_session=True, env=self.spec.env,
                     close_fds=True, cwd=self.spec.cwd)
-            except OSError as e:
-                outcome.error = f"cannot start {self.spec.argv[0]}: {e}"
+            except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv/env/cwd
+                outcome.error = f"cannot start {self.spec.argv[0]!r}: {e}"
                 outcome.finished_at = time.time()
                 _log_line(log_fd, f"[provisioning] {outcome.error}")
                 return outcome
@@ -145,10 +151,13 @@ class TaskProcess:
             return outcome
         finally:
             os.close(log_fd)
-            with self._lock:  # stop() must never write to a closed (maybe reused) fd
-                self._closed = True
-                os.close(self._wake_r)
-                os.close(self._wake_w)
+            self._close_wake()
+
+    def _close_wake(self) -> None:
+        with self._lock:  # stop() must never write to a closed (maybe reused) fd
+            self._closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     # -- internals ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from provisioning.engine import records as R
+from provisioning.engine.commit import DONE, Ticket
 from provisioning.engine.model import PRIORITIES, WorkflowSpec
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class _Flow:
     unfinished: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     limit: int = 1
+    written: Ticket = DONE  # batch of this workflow's latest record write (read barrier)
 
     @property
     def finished(self) -> bool:
@@ -45,22 +47,34 @@ class _Running:
     lease_token: int
     task_token: str
     thread: threading.Thread | None = None
+    claimed: Ticket = DONE  # the claim's batch: the process starts once it is durable
 
 
 class FlowIndex:
     """Mixin of Engine: building and indexing flows (engine lock held)."""
 
-    def _add_workflow(self, workflow_id: str, spec: WorkflowSpec, now: float) -> _Flow:
+    def _new_records(self, workflow_id: str, spec: WorkflowSpec,
+                     now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Records of a new submission, numbered (lock held; nothing written yet)."""
         task_recs = []
         for t in spec.tasks:
             self._seq += 1
             task_recs.append(R.new_task_record(workflow_id, t, seq=self._seq, now=now))
         self._seq += 1
-        wrec = R.new_workflow_record(workflow_id, spec, seq=self._seq, now=now)
-        self.store.add_workflow(wrec, task_recs)
+        return R.new_workflow_record(workflow_id, spec, seq=self._seq, now=now), task_recs
+
+    def _publish_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> _Flow:
+        """Make a durably added workflow known to the scheduler and readers."""
         flow = self._make_flow(wrec, task_recs)
         self._event(flow, "workflow", None, "queued", message=f"{len(task_recs)} tasks")
         return flow
+
+    def _add_workflow(self, workflow_id: str, spec: WorkflowSpec, now: float) -> _Flow:
+        """Add and publish in one go, waiting for the disk with the lock held
+        (offline submissions only; submit() waits outside the lock)."""
+        wrec, task_recs = self._new_records(workflow_id, spec, now)
+        self._writer.add_workflow(wrec, task_recs)
+        return self._publish_flow(wrec, task_recs)
 
     def _restore_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> None:
         from provisioning.engine.loader import parse_workflow
@@ -74,7 +88,7 @@ class FlowIndex:
                 if t.id not in by_id:
                     self._seq += 1
                     by_id[t.id] = R.new_task_record(wrec["id"], t, seq=self._seq, now=now)
-                    self.store.save_task(by_id[t.id])
+                    self._save_task(by_id[t.id])
         ordered = [by_id[tid] for tid in wrec.get("task_ids", []) if tid in by_id]
         flow = self._make_flow(wrec, ordered)
         flow.events = self.store.load_events(wrec["id"])
@@ -122,6 +136,22 @@ class FlowIndex:
         for t in flow.tasks.values():
             if t["status"] in ("failed", "cancelled", "skipped"):
                 self._skip_dependents(flow, t, time.time())
+
+    # -- record writes (lock held): handed to the group committer ------------
+
+    def _save_task(self, task: dict[str, Any]) -> Ticket:
+        ticket = self._writer.save_task(task)
+        flow = self._flows.get(task["workflow_id"])
+        if flow is not None:
+            flow.written = ticket
+        return ticket
+
+    def _save_workflow(self, wrec: dict[str, Any]) -> Ticket:
+        ticket = self._writer.save_workflow(wrec)
+        flow = self._flows.get(wrec["id"])
+        if flow is not None:
+            flow.written = ticket
+        return ticket
 
     def _lookup_key(self, key: str) -> tuple[_Flow, dict[str, Any]] | None:
         workflow_id, _, task_id = key.partition(".")

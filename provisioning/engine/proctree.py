@@ -62,7 +62,6 @@ def marked_processes(keys: set[str]) -> dict[str, list]:
 def kill_tree(pid: int | None, create_time: float | None, key: str, grace: float) -> None:
     """Kill a task tree left by an earlier process (recovery): SIGTERM the group and
     the tree, wait up to `grace`, SIGKILL what is left, sweep by marker."""
-    import psutil
 
     procs = tree_processes(pid, create_time, key)
     if not procs:
@@ -74,7 +73,7 @@ def kill_tree(pid: int | None, create_time: float | None, key: str, grace: float
             pass
     for p in procs:
         signal_quietly(p, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = wait_gone(procs, grace)
     if pid is not None and any(p.pid == pid for p in procs):
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -82,7 +81,40 @@ def kill_tree(pid: int | None, create_time: float | None, key: str, grace: float
             pass
     for p in alive + tree_processes(None, None, key):
         signal_quietly(p, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=grace)
+    wait_gone(alive, grace)
+
+
+def wait_gone(procs: list[Any], timeout: float) -> list[Any]:
+    """Wait up to `timeout` for `procs` to exit; return those still alive.
+
+    Unlike psutil.wait_procs, a zombie counts as gone: the orphans of a dead
+    daemon are reaped by pid 1, which in a container may take seconds (or
+    never happen), and waiting for that only stalls recovery.
+    """
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        # wait_procs sleeps between its checks; keep each round short so a
+        # process that turns zombie is noticed promptly.
+        psutil.wait_procs(alive, timeout=min(0.05, remaining))
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
+def _running(p: Any) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def signal_quietly(p: Any, sig: int) -> None:

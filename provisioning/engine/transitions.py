@@ -15,12 +15,27 @@ from provisioning.engine.flows import _Flow, _Running
 
 log = logging.getLogger("provisioning.engine")
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
+UNRECORDED = "unrecorded"  # stop reason: the claim never reached the disk
+UNRECORDED_RETRY_S = 2.0  # then start it again after this pause (disk full)
 
 
 class TaskTransitions:
     # -- task thread callbacks ---------------------------------------------
 
     def _run_task(self, key: str, handle: _Running) -> None:
+        try:
+            # The lease must be on disk before the process exists (recovery
+            # relies on it); the claim was handed to the committer, wait here,
+            # in the task's own thread, not under the engine lock.
+            self._writer.wait(handle.claimed)
+        except Exception as e:
+            log.error("task %s: could not record its claim, not started: %s", key, e)
+            # Never started: not a failed attempt. Queued again (reliability suite fix).
+            outcome = TaskOutcome(stop_reason=UNRECORDED, finished_at=time.time(),
+                                  error=f"could not record the task's start: {e}")
+            with self._lock:
+                self._complete(key, handle.lease_token, outcome)
+            return
         try:
             outcome = handle.process.run()
         except Exception as e:  # an executor bug must still finish the task
@@ -42,7 +57,7 @@ class TaskTransitions:
             if found is None:
                 return
             found[1]["lease"].update(pid=pid, pid_create_time=create_time or None)
-            self.store.save_task(found[1])
+            self._save_task(found[1])
 
     def _on_progress(self, key: str, lease_token: int, progress: int, message: str | None) -> None:
         with self._lock:
@@ -63,7 +78,7 @@ class TaskTransitions:
                 self.config.executor.checkpoint_interval_seconds:
             self._progress_saved[key] = now
             self._progress_dirty.discard(key)
-            self.store.save_task(task)
+            self._save_task(task)
         elif key not in self._progress_dirty:
             self._progress_dirty.add(key)
             self._wake.notify_all()  # the scheduler owns the flush deadline
@@ -77,7 +92,7 @@ class TaskTransitions:
                 self._progress_saved[key] = now
                 found = self._lookup_key(key)
                 if found:
-                    self.store.save_task(found[1])
+                    self._save_task(found[1])
 
     # -- transitions (lock held) -------------------------------------------
 
@@ -103,11 +118,24 @@ class TaskTransitions:
                              "status": "succeeded" if outcome.succeeded else (
                                  outcome.stop_reason or "failed"),
                              "error": outcome.error})
-        if outcome.stop_reason == "shutdown":
+        if outcome.stop_reason == UNRECORDED and flow.rec.get("cancel_requested"):
+            self._finish_task(flow, task, "cancelled", now, error="cancelled")
+            self._skip_dependents(flow, task, now)
+        elif outcome.stop_reason == UNRECORDED:
+            # Its claim could not be written (disk full): it never ran. Queue it again
+            # and try once more after a pause, without using up a retry.
+            task.update(status="queued", started_at=None, updated_at=now,
+                        attempt_base=task.get("attempt_base", 0) + 1,
+                        retry_at=now + UNRECORDED_RETRY_S,
+                        message=f"{outcome.error}; trying again in {UNRECORDED_RETRY_S:g}s")
+            self._save_task(task)
+            heapq.heappush(self._backoff, (time.monotonic() + UNRECORDED_RETRY_S, key))
+            self._event(flow, "task", task["id"], "queued", message=task["message"])
+        elif outcome.stop_reason == "shutdown":
             task.update(status="queued", started_at=None, updated_at=now,
                         attempt_base=task.get("attempt_base", 0) + 1,
                         message="stopped by orchestrator shutdown; queued again")
-            self.store.save_task(task)
+            self._save_task(task)
             self._event(flow, "task", task["id"], "queued", message=task["message"])
         elif outcome.stop_reason == "cancelled":
             self._finish_task(flow, task, "cancelled", now, error="cancelled while running")
@@ -140,7 +168,7 @@ class TaskTransitions:
             task.update(status="queued", error=error, retry_at=now + delay, updated_at=now,
                         message=f"attempt {task['attempts']} failed ({error}); retry "
                                 f"{used}/{task['retries']} in {delay:g}s")
-            self.store.save_task(task)
+            self._save_task(task)
             heapq.heappush(self._backoff, (time.monotonic() + delay, task["key"]))
             self._event(flow, "task", task["id"], "queued", message=task["message"])
             return
@@ -156,7 +184,7 @@ class TaskTransitions:
             task["error"] = error
         if progress is not None:
             task["progress"] = progress
-        self.store.save_task(task)
+        self._save_task(task)
         self._event(flow, "task", task["id"], status, progress=task.get("progress"),
                     message=error)
 
@@ -185,7 +213,7 @@ class TaskTransitions:
         now = time.time()
         flow.rec.update(status=status, finished_at=now)
         flow.rec["started_at"] = flow.rec.get("started_at") or now
-        self.store.save_workflow(flow.rec)
+        self._save_workflow(flow.rec)
         self._event(flow, "workflow", None, status)
         self._changed.notify_all()
 

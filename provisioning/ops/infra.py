@@ -134,10 +134,13 @@ def resolve_infra(ref: str | None, *, cwd: Path | None = None) -> Path:
     candidate = Path(ref).expanduser()
     if not candidate.is_absolute():
         candidate = cwd / candidate
-    if candidate.is_file() and candidate.name in SETTINGS_FILES:
-        return candidate.parent.resolve()
-    if candidate.is_dir() and _settings_file(candidate):
-        return candidate.resolve()
+    try:
+        if candidate.is_file() and candidate.name in SETTINGS_FILES:
+            return candidate.parent.resolve()
+        if candidate.is_dir() and _settings_file(candidate):
+            return candidate.resolve()
+    except OSError:  # ENAMETOOLONG, EACCES...: not an infra we can use (API input: no 500)
+        pass
     looked = [str(candidate)]
     if NAME_RE.match(ref) and workspace is not None:
         by_name = workspace / "infra" / ref

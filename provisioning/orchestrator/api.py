@@ -283,6 +283,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
+    # Other registered methods reach the router too: 404/405 with Allow, not the
+    # stdlib's 501 (a 5xx, flagged by schemathesis). Unknown tokens (BREW) stay 501.
+    do_HEAD = do_TRACE = do_CONNECT = do_QUERY = _dispatch
 
     # --- checks -----------------------------------------------------------
 

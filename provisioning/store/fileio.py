@@ -7,10 +7,10 @@ fsync); this module adds what the store needs around them.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -125,7 +125,7 @@ class Staged:
 def stage_json(path: Path, obj: Any) -> Staged:
     """Write ``obj`` to a fresh 0600 temp file beside ``path`` (no fsync, no rename)."""
     data = json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     staged = Staged(path, tmp, fd)
     try:
         os.fchmod(fd, 0o600)
@@ -138,6 +138,25 @@ def stage_json(path: Path, obj: Any) -> Staged:
     return staged
 
 
+_temp_names = itertools.count()
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(
+    os, "O_NOFOLLOW", 0)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside ``path`` (``.<name>.<pid>.<n>.<random>.tmp``, see
+    is_temp_name). Like tempfile.mkstemp (O_EXCL, 0600) without its per-call
+    overhead, which showed in the profile of the hot path."""
+    for _ in range(100):
+        tmp = (f"{path.parent}/.{path.name}.{os.getpid()}.{next(_temp_names)}."
+               f"{os.urandom(3).hex()}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name beside {path}")
+
+
 def sync_staged(items: list[Staged]) -> None:
     """fsync every temp file; many at once run in parallel so the filesystem
     can fold them into fewer journal commits (ext4: ~1.6x faster at 32 files)."""
@@ -148,15 +167,66 @@ def sync_staged(items: list[Staged]) -> None:
         for fd in fds:
             os.fsync(fd)
         return
+    for _ in _fsync_pool().map(os.fsync, fds):  # re-raises the first error
+        pass
+
+
+def replace_many(pairs: list[tuple[Path, Any]], done: list[Path]) -> None:
+    """Replace each ``path`` with ``obj`` as JSON, durably per file: temp file,
+    fsync, close, rename. With 4 or more files the files are done in
+    parallel in the pool: creating a file waits on the filesystem journal
+    while other fsyncs commit, and each system call of a thread must win the
+    GIL back, so one after the other was the slowest part of a batch
+    (profiled: ~0.4 ms per file under load). Each final path is appended to
+    ``done`` once renamed (also when another file fails); the first error is
+    raised after every file was dealt with, and no temp file is left. The
+    directory fsync is the caller's (once for all)."""
+    if len(pairs) < PARALLEL_FSYNC_MIN or not fsutil.FSYNC:
+        for path, obj in pairs:
+            _replace_one(path, obj)
+            done.append(path)
+        return
+    from concurrent.futures import wait
+
+    futures = [_fsync_pool().submit(_replace_one, path, obj) for path, obj in pairs]
+    wait(futures)
+    error: BaseException | None = None
+    for (path, _), f in zip(pairs, futures, strict=True):
+        if f.exception() is None:
+            done.append(path)
+        elif error is None:
+            error = f.exception()
+    if error is not None:
+        raise error
+
+
+def _replace_one(path: Path, obj: Any) -> None:
+    s = stage_json(path, obj)
+    try:
+        if fsutil.FSYNC:
+            os.fsync(s.fd)
+        _close(s)
+        os.replace(s.tmp, s.path)
+        s.tmp = ""
+    except BaseException:
+        discard([s])
+        raise
+
+
+def _close(s: Staged) -> None:
+    if s.fd is not None:
+        fd, s.fd = s.fd, None
+        os.close(fd)
+
+
+def _fsync_pool():
     global _pool
     with _pool_guard:
         if _pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
-        pool = _pool
-    for _ in pool.map(os.fsync, fds):  # re-raises the first error
-        pass
+        return _pool
 
 
 def publish(items: list[Staged], done: list[Path]) -> None:

@@ -35,15 +35,11 @@ from provisioning.paths import DataPaths
 from provisioning.store import locks, records
 from provisioning.store.base import Record, Store
 from provisioning.store.fileio import (
-    Staged,
     append_line,
-    discard,
     is_temp_name,
-    publish,
     quarantine,
-    stage_json,
+    replace_many,
     storage_errors,
-    sync_staged,
 )
 from provisioning.store.offline import INCOMING_TIMEOUT, check_incoming, incoming_dir
 
@@ -63,6 +59,8 @@ class JsonFileStore(Store):
         # Event logs this process has appended to: their tail is known to be whole.
         self._clean_event_logs: set[str] = set()
         self._guard = threading.Lock()
+        # Per-workflow log/checkpoint dirs known to exist: no mkdir+chmod per task.
+        self._made_dirs: set[Path] = set()
 
     # -- paths ---------------------------------------------------------------
 
@@ -83,46 +81,80 @@ class JsonFileStore(Store):
     def add_workflows(self, items: list[tuple[Record, list[Record]]]) -> None:
         """Group commit of several new workflows (same guarantees as add_workflow).
 
-        All files are written to temp files and fsynced (in parallel when
-        there are several), renamed into place, task files before workflow
-        files (the commit points), then each directory is fsynced ONCE for
-        the whole batch. If the machine dies before the directory fsyncs, a workflow file
-        may survive without some task files: load() rebuilds those from the
-        workflow's spec as queued, which is exactly what they were. On any
-        error (StorageFull included) the files this call created are removed,
-        so no half-added workflow is left behind; the call is all or nothing
-        per workflow not yet committed.
+        See commit_batch: task files are durable before any workflow file
+        (the commit points) is renamed into place. If the machine dies in the
+        middle, a workflow file may still (rarely, on filesystems that reorder
+        directory updates) survive without some task files: load() rebuilds
+        those from the workflow's spec as queued, which is exactly what they
+        were. On any error the files this call created are removed, so no
+        half-added workflow is left behind.
         """
-        planned: list[tuple[Path, Record, list[tuple[Path, Record]]]] = []
-        for workflow, tasks in items:
+        self.commit_batch(adds=items)
+
+    def save_records(self, *, tasks: list[Record] = (), workflows: list[Record] = ()) -> None:
+        """Replace several existing records at once: durable on return.
+
+        Each record is still atomic (old or new version after a crash), but
+        the batch is not: a crash may keep some new versions and not others.
+        Task records are made durable before workflow records.
+        """
+        self.commit_batch(tasks=tasks, workflows=workflows)
+
+    def commit_batch(self, *, adds: list[tuple[Record, list[Record]]] = (),
+                     tasks: list[Record] = (), workflows: list[Record] = ()) -> None:
+        """One group commit: new workflows (``adds``) plus replaced task and
+        workflow records, durable on return.
+
+        Each file is written to a temp file, fsynced and renamed into place
+        (files in parallel, see fileio.replace_many): first every task file,
+        then every workflow file; then queue/ and workflows/ are fsynced ONCE
+        each for the whole batch. So a batch costs its file fsyncs
+        (overlapping) plus the directory fsyncs. When the batch replaces
+        workflow records (a status change), queue/ is fsynced before they
+        are renamed, so a workflow's new status never becomes durable before
+        the task records written with it (a workflow marked succeeded always
+        has its tasks' completions on disk). New workflows need no such
+        fence: load() repairs a workflow file without its task files.
+
+        On any error (StorageFull included) the temp files are removed and so
+        are the files of ``adds`` already renamed (no half-added workflow is
+        left behind); replaced records already renamed keep their new,
+        complete version. The caller learns of the error and may write again.
+        """
+        task_files: list[tuple[Path, Record]] = []
+        wf_files: list[tuple[Path, Record]] = []
+        for workflow, new_tasks in adds:
             wid = records.check_id(workflow.get("id"), "workflow id")
-            task_files = []
-            for task in tasks:
+            for task in new_tasks:
                 records.check_id(task.get("id"), "task id")
                 key = task.get("key")
                 if key != task_key(wid, task["id"]) or task.get("workflow_id") != wid:
                     raise ValueError(f"task {key!r} does not belong to workflow {wid!r}")
                 task_files.append((self._task_file(key), task))
-            planned.append((self._workflow_file(wid), workflow, task_files))
-        staged: list[Staged] = []
+            wf_files.append((self._workflow_file(wid), workflow))
+        created = {path for path, _ in task_files} | {path for path, _ in wf_files}
+        for task in tasks:
+            task_files.append((self._task_file(self._checked_key(task)), task))
+        for workflow in workflows:
+            wid = records.check_id(workflow.get("id"), "workflow id")
+            wf_files.append((self._workflow_file(wid), workflow))
         published: list[Path] = []
         try:
             with storage_errors(self.paths.data_dir):
-                # One by one (not a comprehension): whatever was staged before an
-                # error must be in `staged` for discard() to remove.
-                for _, _, task_files in planned:
-                    for path, task in task_files:
-                        staged.append(stage_json(path, task))
-                for wf_path, workflow, _ in planned:
-                    staged.append(stage_json(wf_path, workflow))
-                sync_staged(staged)
-                publish(staged, published)  # task files first: workflow files commit
-                fsutil.fsync_dir(self.paths.queue_dir)
-                fsutil.fsync_dir(self.paths.workflows_dir)
+                replace_many(task_files, published)
+                queue_synced = False
+                if workflows and task_files:
+                    fsutil.fsync_dir(self.paths.queue_dir)  # tasks before a workflow status
+                    queue_synced = True
+                replace_many(wf_files, published)
+                if task_files and not queue_synced:
+                    fsutil.fsync_dir(self.paths.queue_dir)
+                if wf_files:
+                    fsutil.fsync_dir(self.paths.workflows_dir)
         except BaseException:
-            discard(staged)
             # Workflow files first, so no task is an orphan for a moment longer than needed.
-            for path in sorted(published, key=lambda p: p.parent != self.paths.workflows_dir):
+            for path in sorted((p for p in published if p in created),
+                               key=lambda p: p.parent != self.paths.workflows_dir):
                 try:
                     os.unlink(path)
                 except OSError:
@@ -135,13 +167,18 @@ class JsonFileStore(Store):
             fsutil.atomic_write_json(self._workflow_file(wid), workflow)
 
     def save_task(self, task: Record) -> None:
+        key = self._checked_key(task)
+        with storage_errors(self.paths.data_dir):
+            fsutil.atomic_write_json(self._task_file(key), task)
+
+    @staticmethod
+    def _checked_key(task: Record) -> str:
         records.check_id(task.get("workflow_id"), "workflow id")
         records.check_id(task.get("id"), "task id")
         key = task_key(task["workflow_id"], task["id"])
         if task.get("key") != key:
             raise ValueError(f"task key {task.get('key')!r} should be {key!r}")
-        with storage_errors(self.paths.data_dir):
-            fsutil.atomic_write_json(self._task_file(key), task)
+        return key
 
     # -- recovery ------------------------------------------------------------
 
@@ -364,8 +401,11 @@ class JsonFileStore(Store):
 
     def _task_file_in(self, base: Path, workflow_id: str, task_id: str, suffix: str) -> Path:
         d = base / records.check_id(workflow_id, "workflow id")
-        with storage_errors(base):
-            fsutil.ensure_private_dir(d)
+        if d not in self._made_dirs:
+            with storage_errors(base):
+                fsutil.ensure_private_dir(d)
+            with self._guard:
+                self._made_dirs.add(d)
         return d / f"{records.check_id(task_id, 'task id')}{suffix}"
 
 

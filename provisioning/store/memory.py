@@ -6,12 +6,18 @@ construction) because task processes write them.
 
 from __future__ import annotations
 
-import copy
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from provisioning.store.base import Record, Store
+
+
+def _copy(record: Any) -> Any:
+    # Records are plain JSON; a JSON round trip is several times faster than
+    # copy.deepcopy, and it also proves the record would serialize.
+    return json.loads(json.dumps(record))
 
 
 class MemoryStore(Store):
@@ -28,14 +34,14 @@ class MemoryStore(Store):
         self.save_workflow(workflow)
 
     def save_workflow(self, workflow: Record) -> None:
-        self.workflows[workflow["id"]] = copy.deepcopy(workflow)
+        self.workflows[workflow["id"]] = _copy(workflow)
 
     def save_task(self, task: Record) -> None:
-        self.tasks[task["key"]] = copy.deepcopy(task)
+        self.tasks[task["key"]] = _copy(task)
 
     def load(self) -> tuple[list[Record], list[Record]]:
-        return ([copy.deepcopy(w) for w in self.workflows.values()],
-                [copy.deepcopy(t) for t in self.tasks.values()])
+        return ([_copy(w) for w in self.workflows.values()],
+                [_copy(t) for t in self.tasks.values()])
 
     def take_incoming(self) -> list[dict[str, Any]]:
         return list(self.incoming)
