@@ -357,9 +357,24 @@ class Orchestrator:
         notify.sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {endpoint}")
 
     def wait(self) -> None:
-        # No timeout needed: the signal handler runs on this thread and sets the event.
-        while not self.stop_requested.wait(3600):
-            pass
+        """Block the main thread until SIGTERM/SIGINT.
+
+        Not `Event.wait()`: the kernel may deliver the signal to any of our
+        threads, and then a main thread asleep in a lock never wakes to run the
+        Python handler (it runs only on the main thread, between bytecodes).
+        signal.set_wakeup_fd makes the C-level handler write a byte to a pipe
+        that this thread reads, whichever thread took the signal.
+        """
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        previous = signal.set_wakeup_fd(write_fd)
+        try:
+            while not self.stop_requested.is_set():
+                os.read(read_fd, 64)  # returns once a signal arrived; the handler has run
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(read_fd)
+            os.close(write_fd)
 
     def shutdown(self) -> None:
         """Stop taking work, drain running tasks up to the grace period, persist, exit."""
