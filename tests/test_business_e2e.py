@@ -132,4 +132,7 @@ def test_nushell_op_from_a_lib_dir(tmp_path, isolated):
     r = run_cli("--direct", "workflow", "submit", str(wf),
                 env={"PROVISIONING_LIB": str(REPO / "examples" / "lib")}, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "inspected" in r.stdout
+    assert "inspect: 10% reading the infra definition" in r.stdout  # PROGRESS from nu
+    data = Path(isolated["PROVISIONING_STORAGE_DATA_DIR"])
+    logs = list(data.glob("direct/logs/*/inspect.log"))
+    assert logs and "inspected 3 servers: web-1, web-2, db-1" in logs[0].read_text()

@@ -65,7 +65,7 @@ def test_nushell_op_with_nu_runs_through_it(tmp_path: Path):
     fake_nu = _write(tmp_path / "bin" / "nu", "#!/bin/sh\nexit 0\n", 0o755)
     script = _write(tmp_path / "lib" / "taskservs" / "install.nu", "def main [] {}\n")
     reg = OpRegistry([tmp_path / "lib"], nushell_binary=str(fake_nu))
-    assert reg.resolve("taskserv.install") == [str(fake_nu), str(script)]
+    assert reg.resolve("taskserv.install") == [str(fake_nu), "--stdin", str(script)]
 
 
 def test_unknown_and_malformed_ops(tmp_path: Path):

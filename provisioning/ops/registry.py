@@ -131,7 +131,9 @@ class OpRegistry:
                 raise ValidationError(
                     f"op '{op}' is a Nushell script ({f}) but '{self.nushell_binary}' "
                     "is not installed", hint=NU_INSTALL_HINT)
-            return [nu, str(f)]
+            # --stdin: without it a script's `main` sees no input, and the params
+            # of the task protocol arrive on stdin.
+            return [nu, "--stdin", str(f)]
         return [str(f)]
 
     def _lookup_hint(self, op: str) -> str:
