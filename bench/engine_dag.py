@@ -1,6 +1,6 @@
 """Benchmark: a 10,000-task DAG with 30,000 edges through the engine.
 
-    /tmp/venv/bin/python bench/engine_dag.py [--tasks 10000] [--edges-per-task 3]
+    .venv/bin/python bench/engine_dag.py [--tasks 10000] [--edges-per-task 3]
 
 Measures, with no task processes (noop-style accounting: each claimed task
 completes at once, in-process), so only engine overhead is timed:

@@ -1,9 +1,9 @@
 """Benchmark: 500 trivial tasks (`shell.run` of `true`) at parallelism 10,
 against `xargs -P10` running the same 500 commands, in the same run.
 
-    /tmp/venv/bin/python bench/engine_tasks.py [--tasks 500] [--parallel 10]
+    .venv/bin/python bench/engine_tasks.py [--tasks 500] [--parallel 10]
 
-    /tmp/venv/bin/python bench/engine_tasks.py --store json [--dir /var/tmp]
+    .venv/bin/python bench/engine_tasks.py --store json [--dir /var/tmp]
 
 Prints both wall times and the ratio (target <= 2x), and the start-up cost of a
 Python op (built-in `noop`) against a bare `python -c pass` (target <= 1.5x).

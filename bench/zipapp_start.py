@@ -1,6 +1,6 @@
 """Start-up cost of the zipapp: `provisioning version` from the shiv zipapp vs the venv.
 
-    /tmp/venv/bin/python bench/zipapp_start.py [--pyz dist/provisioning] [--runs 20]
+    .venv/bin/python bench/zipapp_start.py [--pyz dist/provisioning] [--runs 20]
 
 Without --pyz it builds one with packaging/build into a temp dir first. The
 zipapp's first run (unpacking into a fresh SHIV_ROOT) is reported on its own;
