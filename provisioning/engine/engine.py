@@ -64,6 +64,9 @@ class Engine(FlowIndex, TaskTransitions):
         self._wake = threading.Condition(self._lock)  # scheduler
         self._changed = threading.Condition(self._lock)  # events / wait() callers
         self._flows: dict[str, _Flow] = {}
+        # Flows that may have a ready task: the scheduler looks only at these, never
+        # at every workflow the daemon knows (thousands of finished ones are common).
+        self._schedulable: dict[str, _Flow] = {}
         self._running: dict[str, _Running] = {}
         self._backoff: list[tuple[float, str]] = []  # (monotonic deadline, key)
         self._progress_saved: dict[str, float] = {}  # key -> monotonic time of last save
@@ -388,11 +391,7 @@ class Engine(FlowIndex, TaskTransitions):
         limit = self.config.executor.max_concurrent_tasks
         while len(self._running) < limit:
             best: tuple[tuple[int, int, str], _Flow] | None = None
-            for flow in self._flows.values():
-                if flow.finished or flow.running >= flow.limit or not flow.ready:
-                    continue
-                if flow.rec.get("cancel_requested"):
-                    continue
+            for workflow_id, flow in list(self._schedulable.items()):
                 while flow.ready:  # drop stale entries (cancelled, already started)
                     tid = flow.ready[0][2]
                     t = flow.tasks[tid]
@@ -400,7 +399,12 @@ class Engine(FlowIndex, TaskTransitions):
                             flow.waiting.get(tid, 0) == 0:
                         break
                     heapq.heappop(flow.ready)
-                if flow.ready and (best is None or flow.ready[0] < best[0]):
+                if flow.finished or not flow.ready:
+                    del self._schedulable[workflow_id]  # _push_ready adds it back
+                    continue
+                if flow.running >= flow.limit or flow.rec.get("cancel_requested"):
+                    continue
+                if best is None or flow.ready[0] < best[0]:
                     best = (flow.ready[0], flow)
             if best is None:
                 return

@@ -130,6 +130,7 @@ class FlowIndex:
     def _push_ready(self, flow: _Flow, task: dict[str, Any]) -> None:
         heapq.heappush(flow.ready, (-PRIORITIES.get(task.get("priority"), 1),
                                     task.get("seq") or 0, task["id"]))
+        self._schedulable[flow.rec["id"]] = flow
 
     def _skip_blocked(self, flow: _Flow) -> None:
         """Queued tasks behind a failed/cancelled/skipped dependency are skipped."""
