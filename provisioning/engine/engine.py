@@ -50,7 +50,6 @@ INCOMING_INTERVAL = 2.0  # seconds between looks for submissions dropped by othe
 MAX_EVENTS_PER_CALL = 1000
 
 
-
 class Engine(FlowIndex, TaskTransitions):
     def __init__(self, store: Store, config: Config, *, registry: OpRegistry | None = None,
                  instance_id: str = "direct", endpoint: str | None = None):
@@ -71,6 +70,7 @@ class Engine(FlowIndex, TaskTransitions):
         self._backoff: list[tuple[float, str]] = []  # (monotonic deadline, key)
         self._progress_saved: dict[str, float] = {}  # key -> monotonic time of last save
         self._progress_dirty: set[str] = set()
+        self._pid_unsaved: dict[str, tuple[float, int]] = {}  # key -> (deadline, lease token)
         self._seq = 0
         self._lease_seq = 0
         self._accepting = True
@@ -140,6 +140,8 @@ class Engine(FlowIndex, TaskTransitions):
         for t in threads:
             t.join(timeout=5)
         self._writer.close()  # write what is pending; later writes are synchronous
+        # JsonFileStore: close its open event logs, delete its spare inodes (on demand again)
+        getattr(self.store, "close", lambda: None)()
 
     # -- public API --------------------------------------------------------
 
@@ -377,9 +379,12 @@ class Engine(FlowIndex, TaskTransitions):
             self._next_incoming = now + INCOMING_INTERVAL
             self._ingest_incoming()
         self._flush_progress()
+        pid_deadline = self._flush_pids()
         if not self._draining:
             self._start_ready()
         deadlines = [self._next_incoming]
+        if pid_deadline is not None:
+            deadlines.append(pid_deadline)
         if self._backoff:
             deadlines.append(self._backoff[0][0])
         if self._progress_dirty:
