@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shlex
 import signal
 import subprocess
 import threading
@@ -217,14 +218,7 @@ class TaskProcess:
                     with self._lock:
                         reason = self._stop_reason
                     if reason is not None or now >= deadline:
-                        if reason is None:
-                            outcome.timed_out = True
-                            outcome.error = f"timeout after {self.spec.timeout_s:g}s"
-                        else:
-                            outcome.stop_reason = reason
-                        _log_line(log_fd, f"[provisioning] {outcome.error or reason}: "
-                                  "stopping the process tree")
-                        self._terminate(proc)
+                        self._begin_stop(proc, outcome, reason, log_fd)
                         phase, deadline = "terminating", now + self.spec.kill_grace_s
                         continue
                 elif phase == "terminating" and (now >= deadline or proc.poll() is not None):
@@ -288,14 +282,7 @@ class TaskProcess:
                     reason = self._stop_reason
                 now = time.monotonic()
                 if reason is not None or now >= deadline:
-                    if reason is None:
-                        outcome.timed_out = True
-                        outcome.error = f"timeout after {self.spec.timeout_s:g}s"
-                    else:
-                        outcome.stop_reason = reason
-                    _log_line(log_fd, f"[provisioning] {outcome.error or reason}: "
-                              "stopping the process tree")
-                    self._terminate(proc)
+                    self._begin_stop(proc, outcome, reason, log_fd)
                     try:
                         proc.wait(self.spec.kill_grace_s)
                     except subprocess.TimeoutExpired:
@@ -330,6 +317,18 @@ class TaskProcess:
             parser.feed(chunk)
             if len(chunk) < READ_CHUNK:
                 return True
+
+    def _begin_stop(self, proc: subprocess.Popen[bytes], outcome: TaskOutcome,
+                    reason: str | None, log_fd: int) -> None:
+        """Record why the task stops (its timeout, or `reason` from stop()), say so
+        in its log, and SIGTERM its tree; the caller waits the grace and kills."""
+        if reason is None:
+            outcome.timed_out = True
+            outcome.error = f"timeout after {self.spec.timeout_s:g}s"
+        else:
+            outcome.stop_reason = reason
+        _log_line(log_fd, f"[provisioning] {outcome.error or reason}: stopping the process tree")
+        self._terminate(proc)
 
     def _terminate(self, proc: subprocess.Popen) -> None:
         """SIGTERM the group and every known descendant (snapshot before parents die)."""
@@ -368,8 +367,10 @@ class TaskProcess:
 
     def _write_header(self, log_fd: int) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        # shlex.join: shown as an operator would type it, so an argument with a
+        # space or `;` reads as one argument (nothing here is ever run by a shell).
         _log_line(log_fd, f"=== attempt {self.spec.attempt} started {stamp}: "
-                  f"{' '.join(self.spec.argv)}")
+                  f"{shlex.join(self.spec.argv)}")
 
     def _write_footer(self, log_fd: int, outcome: TaskOutcome) -> None:
         how = (f"exit code {outcome.exit_code}" if outcome.signal is None
