@@ -205,16 +205,18 @@ def test_sigterm_drains_running_task_and_refuses_new_work(tmp_path: Path):
     gate = {"workflow": {"name": "drain"},
             "tasks": [{"id": "block", "op": "shell.run", "params": {"argv": [
                 "sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; done', str(release)]}}]}
-    status, body = d.request("POST", "/workflows", gate)
-    assert status == 202
-    key = f"{body['workflow_id']}.block"
-    wait_for(lambda: task_running(d, key), timeout=30, what="the task to run")
-    d.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: (d.health() or {}).get("draining"), timeout=30, what="draining")
-    status, refused = d.request("POST", "/workflows", noop_workflow("late"))
-    assert status == 503 and "error" in refused
-    assert d.proc.poll() is None, "the daemon must wait for its running task"
-    release.touch()
+    try:
+        status, body = d.request("POST", "/workflows", gate)
+        assert status == 202
+        key = f"{body['workflow_id']}.block"
+        wait_for(lambda: task_running(d, key), timeout=30, what="the task to run")
+        d.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: (d.health() or {}).get("draining"), timeout=30, what="draining")
+        status, refused = d.request("POST", "/workflows", noop_workflow("late"))
+        assert status == 503 and "error" in refused
+        assert d.proc.poll() is None, "the daemon must wait for its running task"
+    finally:
+        release.touch()  # whatever happened, the task must not poll forever
     assert d.proc.wait(timeout=60) == 0
     assert not (d.data_dir / "orchestrator.pid").exists()
     # after a restart the drained task is finished, run once, not re-queued
