@@ -96,6 +96,10 @@ def test_garbage_and_truncated_files_are_quarantined_and_the_daemon_serves(tmp_p
             assert Path(rel).name in log, f"{rel} not reported in the log"
     assert "orphan task file" in log
     assert "Traceback" not in log
+    # ... and counted by /health, so an operator sees it without reading the log
+    quarantined = sum(1 for p in quarantine.iterdir())
+    assert quarantined >= len(bad)
+    assert d2.health()["queue"]["quarantined_files"] == quarantined
     # new work runs, its events append on a fresh line after the torn one
     status, body = d2.request("POST", "/workflows", noop_workflow("after"))
     assert status == 202

@@ -307,6 +307,7 @@ class Engine(FlowIndex, TaskTransitions):
         return view
 
     def stats(self) -> dict[str, Any]:
+        quarantined = self.store.quarantined_count()  # file I/O: outside the lock
         with self._lock:
             workflows = dict.fromkeys((s.value for s in WorkflowStatus), 0)
             queued = 0
@@ -317,7 +318,8 @@ class Engine(FlowIndex, TaskTransitions):
             return {"workflows": workflows, "tasks_queued": queued,
                     "tasks_running": len(self._running),
                     "max_concurrent_tasks": self.config.executor.max_concurrent_tasks,
-                    "accepting": self._accepting}
+                    "accepting": self._accepting,
+                    "quarantined_files": quarantined}
 
     # -- lookups (lock held) -----------------------------------------------
 

@@ -62,6 +62,11 @@ class Store(abc.ABC):
     def task_log_path(self, workflow_id: str, task_id: str) -> Path:
         """Where the task's captured output goes (parent dir exists)."""
 
+    def quarantined_count(self) -> int:
+        """How many files sit in quarantine (shown by /health so an operator
+        notices without reading the log). Stores without files have none."""
+        return 0
+
     @abc.abstractmethod
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
         """The PROVISIONING_CHECKPOINT file of a task (parent dir exists)."""
