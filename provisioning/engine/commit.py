@@ -38,6 +38,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from provisioning.store.base import Store
@@ -86,26 +87,23 @@ class RecordWriter:
 
     def save_task(self, task: Record) -> Ticket:
         """Queue the current version of a task record; returns its batch."""
-        if not self.batched or self._closed:
-            with self._inline_lock:
-                self.store.save_task(task)
-            return DONE
-        snapshot = _copy(task)
-        with self._cv:
-            ticket = self._open
-            ticket.tasks[task["key"]] = snapshot
-            self._kick(ticket)
-            return ticket
+        return self._queue_record("tasks", task["key"], task, self.store.save_task)
 
     def save_workflow(self, workflow: Record) -> Ticket:
+        """Queue the current version of a workflow record; returns its batch."""
+        return self._queue_record("workflows", workflow["id"], workflow,
+                                  self.store.save_workflow)
+
+    def _queue_record(self, kind: str, key: str, record: Record,
+                      write_now: Callable[[Record], None]) -> Ticket:
         if not self.batched or self._closed:
             with self._inline_lock:
-                self.store.save_workflow(workflow)
+                write_now(record)
             return DONE
-        snapshot = _copy(workflow)
+        snapshot = _copy(record)
         with self._cv:
             ticket = self._open
-            ticket.workflows[workflow["id"]] = snapshot
+            getattr(ticket, kind)[key] = snapshot  # a later version replaces an earlier one
             self._kick(ticket)
             return ticket
 
