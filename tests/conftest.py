@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def wait_for(condition, timeout: float = 10.0, interval: float = 0.02, what: str
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
     for name in list(os.environ):
         if name.startswith("PROVISIONING_") or name == "NOTIFY_SOCKET":
             monkeypatch.delenv(name, raising=False)
@@ -55,7 +57,39 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    return env
+    yield env
+    _sweep_leaks(request.node.nodeid, str(tmp_path))
+
+
+def _sweep_leaks(test: str, tmp: str) -> None:
+    """Kill what the test left running: any process of ours whose environment
+    points into its tmp_path (daemons carry the PROVISIONING_* dirs, task
+    processes the data dir). A test that kill -9s a daemon on purpose may leave
+    them behind too: it must stop them itself (restart the daemon, whose
+    recovery kills them). A leak is an error of the test, so one in the code
+    under test is seen instead of piling up on the machine."""
+    import psutil
+
+    me, uid = os.getpid(), os.getuid()
+    leaked, described = [], []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.pid == me or p.info["uids"] is None or p.info["uids"].real != uid:
+                continue
+            if any(tmp in v for v in p.environ().values()):
+                leaked.append(p)
+                described.append(f"pid {p.pid} {' '.join(p.cmdline())[:120]}")
+        except (psutil.Error, OSError):
+            continue
+    for p in leaked:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(leaked, timeout=5)
+    if leaked:
+        raise AssertionError(f"{test} left {len(leaked)} process(es) running (killed now): "
+                             + "; ".join(described))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,

@@ -66,7 +66,9 @@ def test_every_acknowledged_submission_survives_kill_9(tmp_path: Path):
     missing = [w for w in acknowledged if w not in on_disk]
     assert not missing, f"{len(missing)} acknowledged submissions lost: {missing[:3]}"
     # ... and through a restarted daemon.
-    d2 = start_daemon(tmp_path, executor={"max_concurrent_tasks": 1})
+    # (a short grace: its stop need not wait 30 s for the blocker)
+    d2 = start_daemon(tmp_path, executor={"max_concurrent_tasks": 1,
+                                          "shutdown_grace_seconds": 1})
     try:
         status, body = d2.request("GET", "/workflows")
         assert status == 200

@@ -90,7 +90,8 @@ def test_50_processes_x_100_submissions_each_land_exactly_once(tmp_path: Path):
     d2 = start_daemon(tmp_path, **cfg)
     check(d2)
     d2.request("POST", f"/workflows/{park['workflow_id']}/cancel")
-    d2.kill()
+    d2.wait_workflow(park["workflow_id"], ("cancelled",))  # its sleep is killed and reaped
+    d2.stop()
     print(f"\nsubmissions: {len(expected)} from {PROCESSES} processes, lost 0, duplicated 0")
 
 
