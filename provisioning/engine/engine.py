@@ -1,17 +1,18 @@
 """Engine: the workflow state machine and scheduler over a Store.
 
-Threads: one scheduler thread and one thread per running task (executor).
-All state lives behind one lock; the scheduler sleeps on a Condition and
-wakes for submissions, task exits, cancels and retries, or at a deadline
-(retry backoff, progress checkpoint, the ~2 s look for offline submissions).
+Threads: one scheduler thread and one thread per running task (executor;
+reused for the next task, workers.py). All state lives behind one lock; the
+scheduler sleeps on a Condition and wakes for submissions, task exits,
+cancels and retries, or at a deadline (retry backoff, progress checkpoint,
+pid records, the ~2 s look for offline submissions).
 
 Every transition is handed to the group committer (commit.py) under the
 lock and written outside it; what must be durable before something happens
-waits for its batch: a submission before its 202, a claim before its
-process starts, a workflow's writes before a reader is shown them. A task's
-completion is applied only if its lease token is still the current one
-(fencing). See recovery.py for what happens after a crash, and
-docs/performance-notes.md for which write is fsynced when.
+waits for its batch: a submission before its 202, a task's dependencies'
+completions before its process starts, a workflow's writes before a reader
+is shown them. A task's completion is applied only if its lease token is
+still the current one (fencing). See recovery.py for what happens after a
+crash, and docs/performance-notes.md for which write is fsynced when.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from typing import Any
 
 from provisioning.config import Config
 from provisioning.engine import records as R
-from provisioning.engine.commit import RecordWriter, Ticket
+from provisioning.engine.commit import DONE, RecordWriter, Ticket
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.flows import FlowIndex, _Flow, _Running
 from provisioning.engine.model import WorkflowSpec, WorkflowStatus
-from provisioning.engine.transitions import TaskTransitions
+from provisioning.engine.transitions import PID_WRITE_DELAY, TaskTransitions
+from provisioning.engine.workers import TaskThreads
 from provisioning.errors import (
     Conflict,
     NotFound,
@@ -61,7 +63,8 @@ class Engine(FlowIndex, TaskTransitions):
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # scheduler
-        self._changed = threading.Condition(self._lock)  # events / wait() callers
+        self._changed = threading.Condition(self._lock)  # shutdown: a task ended
+        self._threads = TaskThreads()
         self._flows: dict[str, _Flow] = {}
         # Flows that may have a ready task: the scheduler looks only at these, never
         # at every workflow the daemon knows (thousands of finished ones are common).
@@ -133,12 +136,12 @@ class Engine(FlowIndex, TaskTransitions):
             self._flush_progress(force=True)
             self._stopping = True
             self._wake.notify_all()
-            self._changed.notify_all()
-            threads = [h.thread for h in self._running.values() if h.thread]
+            for flow in self._flows.values():
+                for waiters in (flow.event_waiters, flow.end_waiters):
+                    if waiters is not None:
+                        waiters.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for t in threads:
-            t.join(timeout=5)
         self._writer.close()  # write what is pending; later writes are synchronous
         # JsonFileStore: close its open event logs, delete its spare inodes (on demand again)
         getattr(self.store, "close", lambda: None)()
@@ -190,7 +193,7 @@ class Engine(FlowIndex, TaskTransitions):
     def get_task(self, key: str) -> dict[str, Any]:
         with self._lock:
             flow, task = self._task(key)
-            view, written = R.task_view(task), flow.written
+            view, written = R.task_view(task, self._live_pid(task)), flow.written
         self._durable(written)
         return view
 
@@ -266,7 +269,7 @@ class Engine(FlowIndex, TaskTransitions):
             if task["status"] != "running":
                 raise Conflict(f"task {key} is {task['status']}, not running")
             self._set_progress(flow, task, progress, message or status)
-            return R.task_view(task)
+            return R.task_view(task, self._live_pid(task))
 
     def check_task_token(self, key: str, token: str) -> bool:
         """True only for the token handed to the current run of this very task."""
@@ -286,7 +289,9 @@ class Engine(FlowIndex, TaskTransitions):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (flow.finished and after >= len(flow.events)):
                     break
-                self._changed.wait(remaining)
+                if flow.event_waiters is None:
+                    flow.event_waiters = threading.Condition(self._lock)
+                flow.event_waiters.wait(remaining)
             events = [dict(e) for e in flow.events[after:after + MAX_EVENTS_PER_CALL]]
             written = flow.written
         self._durable(written)
@@ -301,7 +306,9 @@ class Engine(FlowIndex, TaskTransitions):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                self._changed.wait(remaining)
+                if flow.end_waiters is None:
+                    flow.end_waiters = threading.Condition(self._lock)
+                flow.end_waiters.wait(remaining)
             view, written = self._view(flow), flow.written
         self._durable(written)
         return view
@@ -344,7 +351,15 @@ class Engine(FlowIndex, TaskTransitions):
         return flow, task
 
     def _view(self, flow: _Flow, with_tasks: bool = True) -> dict[str, Any]:
-        return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks)
+        pids = {t["id"]: self._live_pid(t) for t in flow.tasks.values()
+                if with_tasks and t["status"] == "running"}
+        return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks,
+                               live_pids=pids)
+
+    def _live_pid(self, task: dict[str, Any]) -> int | None:
+        """The pid of a running task's process before its record has it (_flush_pids)."""
+        handle = self._running.get(task["key"]) if task["status"] == "running" else None
+        return handle.process.pid if handle is not None else None
 
     def _durable(self, written) -> None:
         """Read barrier (lock NOT held): what a reader is about to be shown of a
@@ -381,9 +396,9 @@ class Engine(FlowIndex, TaskTransitions):
             self._next_incoming = now + INCOMING_INTERVAL
             self._ingest_incoming()
         self._flush_progress()
-        pid_deadline = self._flush_pids()
         if not self._draining:
             self._start_ready()
+        pid_deadline = self._flush_pids()  # after the claims: it covers theirs
         deadlines = [self._next_incoming]
         if pid_deadline is not None:
             deadlines.append(pid_deadline)
@@ -434,23 +449,26 @@ class Engine(FlowIndex, TaskTransitions):
                     message=None, progress=0, last_lease_token=self._lease_seq,
                     lease={"token": self._lease_seq, "owner": self.instance_id, "pid": None,
                            "pid_create_time": None})
-        # Handed to the committer; the task thread waits for this batch before the
-        # process is started, so the lease is on disk before the process exists,
-        # and claims made in one scheduler pass share one batch.
-        claimed = self._save_task(task)
+        # The batch with its dependencies' completions (written before anything
+        # handed over later): the process waits for it. The claim itself is
+        # handed to the committer and not waited for (see _run_task).
+        gate = flow.written if task.get("depends_on") else DONE
+        self._save_task(task)
         flow.running += 1
         if flow.rec["status"] == "queued":
             flow.rec["status"] = "running"
             flow.rec["started_at"] = flow.rec.get("started_at") or now
-            claimed = self._save_workflow(flow.rec)
+            self._save_workflow(flow.rec)
             self._event(flow, "workflow", None, "running")
         self._event(flow, "task", task["id"], "running",
                     message=f"attempt {task['attempts']}")
-        handle = self._spawn(flow, task, argv, claimed)
+        handle = self._spawn(flow, task, argv, gate)
         self._running[task["key"]] = handle
+        # (claims happen in the scheduler's _tick, whose timeout then covers this)
+        self._pid_unsaved[task["key"]] = (time.monotonic() + PID_WRITE_DELAY, self._lease_seq)
 
     def _spawn(self, flow: _Flow, task: dict[str, Any], argv: list[str],
-               claimed: Ticket) -> _Running:
+               gate: Ticket) -> _Running:
         key, lease_token = task["key"], self._lease_seq
         task_token = secrets.token_urlsafe(32)
         env = {"PROVISIONING_TASK_ID": key, "PROVISIONING_WORKFLOW_ID": flow.rec["id"],
@@ -474,13 +492,10 @@ class Engine(FlowIndex, TaskTransitions):
             run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
             run.env = {**base, **(params.get("env") or {}), **env}
         process = TaskProcess(
-            run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m),
-            on_spawn=lambda pid, ctime: self._on_spawn(key, lease_token, pid, ctime))
+            run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m))
         handle = _Running(process=process, lease_token=lease_token, task_token=task_token,
-                          claimed=claimed)
-        handle.thread = threading.Thread(target=self._run_task, args=(key, handle),
-                                         name=f"task-{task['id']}", daemon=True)
-        handle.thread.start()
+                          gate=gate)
+        self._threads.run(lambda: self._run_task(key, handle))
         return handle
 
     # -- offline submissions -----------------------------------------------

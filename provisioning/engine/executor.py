@@ -89,13 +89,11 @@ class TaskProcess:
     """One attempt of one task. run() blocks in the calling (task) thread;
     stop() may be called from any thread."""
 
-    def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None],
-                 on_spawn: Callable[[int, float], None] | None = None):
+    def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None]):
         self.spec = run
         self.on_progress = on_progress
-        self.on_spawn = on_spawn
-        self.pid: int | None = None
-        self.create_time: float | None = None
+        self.pid: int | None = None  # set once started
+        self.finished = False  # set once its process was reaped (the pid is no longer ours)
         self._stop_reason: str | None = None
         self._closed = False
         self._tree_snapshot: list = []
@@ -137,11 +135,12 @@ class TaskProcess:
                 _log_line(log_fd, f"[provisioning] {outcome.error}")
                 return outcome
             try:
-                self._after_spawn(proc)
+                self.pid = proc.pid
                 self._feed_stdin(proc)
                 self._loop(proc, log_fd, outcome)
             finally:
                 self._reap(proc)
+                self.finished = True
             rc = proc.returncode
             if rc is not None and rc < 0:
                 outcome.signal = -rc
@@ -161,17 +160,6 @@ class TaskProcess:
             os.close(self._wake_w)
 
     # -- internals ---------------------------------------------------------
-
-    def _after_spawn(self, proc: subprocess.Popen) -> None:
-        import psutil
-
-        self.pid = proc.pid
-        try:
-            self.create_time = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            self.create_time = None
-        if self.on_spawn is not None:
-            self.on_spawn(proc.pid, self.create_time or 0.0)
 
     def _feed_stdin(self, proc: subprocess.Popen) -> None:
         data = json.dumps(self.spec.params).encode() if self.spec.send_params else b""
@@ -332,7 +320,8 @@ class TaskProcess:
 
     def _terminate(self, proc: subprocess.Popen) -> None:
         """SIGTERM the group and every known descendant (snapshot before parents die)."""
-        self._tree_snapshot = tree_processes(proc.pid, self.create_time, self.spec.key)
+        # (no create time needed: our child is not reaped yet, its pid is still ours)
+        self._tree_snapshot = tree_processes(proc.pid, None, self.spec.key)
         self._kill_group(signal.SIGTERM)
         for p in self._tree_snapshot:
             signal_quietly(p, signal.SIGTERM)
@@ -341,7 +330,7 @@ class TaskProcess:
         """SIGKILL the group, then sweep the recorded tree and everything carrying the marker."""
         self._kill_group(signal.SIGKILL)
         known = list(self._tree_snapshot)
-        known += tree_processes(proc.pid, self.create_time, self.spec.key)
+        known += tree_processes(proc.pid, None, self.spec.key)
         for p in known:
             signal_quietly(p, signal.SIGKILL)
 

@@ -35,6 +35,9 @@ class _Flow:
     events: list[dict[str, Any]] = field(default_factory=list)
     limit: int = 1
     written: Ticket = DONE  # batch of this workflow's latest record write (read barrier)
+    # Made when someone first waits: long-polls for events, wait() for the end.
+    event_waiters: threading.Condition | None = None
+    end_waiters: threading.Condition | None = None
 
     @property
     def finished(self) -> bool:
@@ -46,8 +49,9 @@ class _Running:
     process: TaskProcess
     lease_token: int
     task_token: str
-    thread: threading.Thread | None = None
-    claimed: Ticket = DONE  # the claim's batch: the process starts once it is durable
+    # The batch its process waits for before it starts: the one holding its
+    # dependencies' completions (DONE for a task without dependencies).
+    gate: Ticket = DONE
 
 
 class FlowIndex:

@@ -76,7 +76,7 @@ def _duration(started: float | None, finished: float | None) -> float | None:
     return round(max(0.0, finished - started), 3)
 
 
-def task_view(task: dict[str, Any]) -> dict[str, Any]:
+def task_view(task: dict[str, Any], live_pid: int | None = None) -> dict[str, Any]:
     lease = task.get("lease") or {}
     return {"key": task["key"], "workflow_id": task["workflow_id"], "id": task["id"],
             "op": task["op"], "params": task.get("params", {}),
@@ -87,11 +87,13 @@ def task_view(task: dict[str, Any]) -> dict[str, Any]:
             "started_at": task.get("started_at"), "finished_at": task.get("finished_at"),
             "duration_s": _duration(task.get("started_at"), task.get("finished_at")),
             "exit_code": task.get("exit_code"), "signal": task.get("signal"),
-            "error": task.get("error"), "result": task.get("result"), "pid": lease.get("pid")}
+            "error": task.get("error"), "result": task.get("result"),
+            "pid": lease.get("pid") or live_pid}
 
 
 def workflow_view(workflow: dict[str, Any], tasks: list[dict[str, Any]], *,
-                  with_tasks: bool = True) -> dict[str, Any]:
+                  with_tasks: bool = True,
+                  live_pids: dict[str, int | None] | None = None) -> dict[str, Any]:
     counts = dict.fromkeys(COUNT_KEYS, 0)
     for t in tasks:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -103,5 +105,6 @@ def workflow_view(workflow: dict[str, Any], tasks: list[dict[str, Any]], *,
             "duration_s": _duration(workflow.get("started_at"), workflow.get("finished_at")),
             "max_parallel": workflow.get("max_parallel"), "counts": counts}
     if with_tasks:
-        view["tasks"] = [task_view(t) for t in tasks]
+        live_pids = live_pids or {}
+        view["tasks"] = [task_view(t, live_pids.get(t["id"])) for t in tasks]
     return view

@@ -1,7 +1,10 @@
 """Crash recovery: bring records left by a dead engine back to a runnable state.
 
 Per failure kind (DESIGN.md 7, PITFALLS "write down what happens"):
-- queued tasks stay queued;
+- queued tasks stay queued; but a process still carrying the marker of a
+  queued task is killed first: the engine starts a task without waiting for
+  its claim to reach the disk, so a crash may leave the process of a start
+  that was never recorded (engine.py, _claim);
 - tasks that were running: their process tree, if still alive (pid and
   create time match), is killed first, and any process still carrying the
   task's marker is swept, so a task never runs twice at once; then the
@@ -28,12 +31,19 @@ log = logging.getLogger("provisioning.engine")
 
 def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
                           tasks: list[dict[str, Any]], *, kill_grace: float) -> None:
-    """Resolve every `running` task record in place and persist it."""
-    running = [t for t in tasks if t.get("status") == "running"]
-    if not running:
+    """Kill what is left of unfinished tasks' processes; resolve every
+    `running` task record in place and persist it."""
+    unfinished = {t["key"]: t for t in tasks if t.get("status") in ("queued", "running")
+                  and isinstance(t.get("key"), str)}
+    if not unfinished:
         return
-    marked = executor.marked_processes({t["key"] for t in running})
-    for task in running:
+    marked = executor.marked_processes(set(unfinished))  # one pass over the process table
+    for key in marked:
+        if unfinished[key].get("status") == "queued":
+            log.warning("task %s: a process of a start that was not recorded is still "
+                        "alive; killing it", key)
+            executor.kill_tree(None, None, key, kill_grace)
+    for task in (t for t in unfinished.values() if t.get("status") == "running"):
         lease = task.get("lease") or {}
         pid, create_time = lease.get("pid"), lease.get("pid_create_time")
         if _alive(pid, create_time) or marked.get(task["key"]):

@@ -17,7 +17,7 @@ log = logging.getLogger("provisioning.engine")
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
 UNRECORDED = "unrecorded"  # stop reason: the claim never reached the disk
 UNRECORDED_RETRY_S = 2.0  # then start it again after this pause (disk full)
-# A spawned task's pid is written this long after spawn if it still runs. A
+# A task's pid is written this long after its claim if it still runs. A
 # shorter task never costs that write (its completion record replaces it):
 # each durable record write costs ~0.6 ms of kernel CPU on our VMs and the pid
 # writes were a third of them. Until then recovery finds the tree by its marker.
@@ -29,15 +29,17 @@ class TaskTransitions:
 
     def _run_task(self, key: str, handle: _Running) -> None:
         try:
-            # The lease must be on disk before the process exists (recovery
-            # relies on it); the claim was handed to the committer, wait here,
-            # in the task's own thread, not under the engine lock.
-            self._writer.wait(handle.claimed)
+            # A dependent never starts before its dependencies' completions are
+            # on disk (after a crash they are not run again behind its back).
+            # Its own claim is not waited for: recovery kills any live process
+            # of an unfinished task by its marker, recorded claim or not.
+            self._writer.wait(handle.gate)
         except Exception as e:
-            log.error("task %s: could not record its claim, not started: %s", key, e)
+            log.error("task %s: its dependencies' completions could not be recorded, "
+                      "not started: %s", key, e)
             # Never started: not a failed attempt. Queued again (reliability suite fix).
             outcome = TaskOutcome(stop_reason=UNRECORDED, finished_at=time.time(),
-                                  error=f"could not record the task's start: {e}")
+                                  error=f"could not record its dependencies' completion: {e}")
             with self._lock:
                 self._complete(key, handle.lease_token, outcome)
             return
@@ -56,19 +58,10 @@ class TaskTransitions:
         lease = found[1].get("lease") or {}
         return found if lease.get("token") == lease_token else None
 
-    def _on_spawn(self, key: str, lease_token: int, pid: int, create_time: float) -> None:
-        with self._lock:
-            found = self._current(key, lease_token)
-            if found is None:
-                return
-            found[1]["lease"].update(pid=pid, pid_create_time=create_time or None)
-            if not self._pid_unsaved:  # the scheduler's timeout does not cover it yet
-                self._wake.notify_all()
-            self._pid_unsaved[key] = (time.monotonic() + PID_WRITE_DELAY, lease_token)
-
     def _flush_pids(self) -> float | None:
-        """Write the pids of tasks still running PID_WRITE_DELAY after their spawn;
-        returns the next such deadline. Entries are in deadline order (one delay)."""
+        """Record the pid (and create time) of tasks still running PID_WRITE_DELAY
+        after their claim; returns the next such deadline. Entries are in
+        deadline order (one delay). Scheduler thread, lock held."""
         now = time.monotonic()
         while self._pid_unsaved:
             key, (deadline, lease_token) = next(iter(self._pid_unsaved.items()))
@@ -76,8 +69,18 @@ class TaskTransitions:
                 return deadline
             del self._pid_unsaved[key]
             found = self._current(key, lease_token)
-            if found is not None:
-                self._save_task(found[1])
+            handle = self._running.get(key)
+            if found is None or handle is None:
+                continue
+            process = handle.process
+            if process.pid is None:  # not started yet (waiting for its dependencies)
+                if not process.finished:
+                    self._pid_unsaved[key] = (now + PID_WRITE_DELAY, lease_token)
+                continue
+            if process.finished:
+                continue  # its completion record is on its way
+            found[1]["lease"].update(pid=process.pid, pid_create_time=_create_time(process.pid))
+            self._save_task(found[1])
         return None
 
     def _on_progress(self, key: str, lease_token: int, progress: int, message: str | None) -> None:
@@ -174,7 +177,7 @@ class TaskTransitions:
             self._failed_attempt(flow, task, outcome, now)
         self._maybe_finish(flow)
         self._wake.notify_all()
-        self._changed.notify_all()
+        self._changed.notify_all()  # shutdown waits for _running to empty
 
     def _failed_attempt(self, flow: _Flow, task: dict[str, Any], outcome: TaskOutcome,
                         now: float) -> None:
@@ -237,7 +240,8 @@ class TaskTransitions:
         flow.rec["started_at"] = flow.rec.get("started_at") or now
         self._save_workflow(flow.rec)
         self._event(flow, "workflow", None, status)
-        self._changed.notify_all()
+        if flow.end_waiters is not None:
+            flow.end_waiters.notify_all()
 
     def _event(self, flow: _Flow, kind: str, task_id: str | None, status: str, *,
                progress: int | None = None, message: str | None = None) -> None:
@@ -245,4 +249,16 @@ class TaskTransitions:
                  "status": status, "progress": progress, "message": message}
         flow.events.append(event)
         self.store.append_event(flow.rec["id"], event)
-        self._changed.notify_all()
+        if flow.event_waiters is not None:
+            flow.event_waiters.notify_all()
+
+
+def _create_time(pid: int) -> float | None:
+    """The process's create time (recovery tells a reused pid by it). Only
+    asked while the process is known unreaped, so the pid is still ours."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None

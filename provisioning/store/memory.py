@@ -27,6 +27,7 @@ class MemoryStore(Store):
         self.tasks: dict[str, Record] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
         self.incoming: list[dict[str, Any]] = []
+        self._made_dirs: set[Path] = set()  # mkdir once per workflow, not per task
 
     def add_workflow(self, workflow: Record, tasks: list[Record]) -> None:
         for task in tasks:
@@ -56,11 +57,14 @@ class MemoryStore(Store):
         return [dict(e) for e in self.events.get(workflow_id, [])]
 
     def task_log_path(self, workflow_id: str, task_id: str) -> Path:
-        d = self.files_dir / "logs" / workflow_id
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return d / f"{task_id}.log"
+        return self._dir("logs", workflow_id) / f"{task_id}.log"
 
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
-        d = self.files_dir / "checkpoints" / workflow_id
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return d / f"{task_id}.json"
+        return self._dir("checkpoints", workflow_id) / f"{task_id}.json"
+
+    def _dir(self, kind: str, workflow_id: str) -> Path:
+        d = self.files_dir / kind / workflow_id
+        if d not in self._made_dirs:
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._made_dirs.add(d)
+        return d

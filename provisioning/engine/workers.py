@@ -1,0 +1,57 @@
+"""Task threads that are reused: one per running task, kept for the next one.
+
+Each running task needs a thread of its own (it blocks on its process's pipe
+and exit). Starting a thread per task cost the scheduler a thread start
+(which waits for the new thread to run) under the engine lock for every
+task: at hundreds of short tasks a second that was a large part of the
+per-task overhead. So threads stay and take the next task.
+
+Like concurrent.futures.ThreadPoolExecutor, a new thread is started only
+when none is idle, so a task never waits behind another one; unlike it, the
+threads are daemon threads: a task thread still waiting on a process must
+never keep the interpreter from exiting (the engine's shutdown kills and
+reaps the processes first; a CLI interrupted with Ctrl-C must still exit).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("provisioning.engine")
+
+
+class TaskThreads:
+    def __init__(self, name: str = "task") -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # one count per thread waiting for a job
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], None]) -> None:
+        """Run `job` in an idle thread, or in a new one if none is idle."""
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                self._count += 1
+                number = self._count
+            threading.Thread(target=self._work, name=f"{self._name}-{number}",
+                             daemon=True).start()
+        self._jobs.put(job)
+
+    @property
+    def size(self) -> int:
+        return self._count
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # a bug in one job must not lose the thread's next jobs
+                log.exception("task thread error")
+            finally:
+                del job  # no reference to the finished task while idle
+            self._idle.release()
