@@ -20,6 +20,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,18 +52,28 @@ class NullStore(Store):
 class InstantEngine(Engine):
     """Every claimed task succeeds at once: the scheduler's own cost, no processes."""
 
-    def _spawn(self, flow, task, argv, *_claimed):  # newer engines pass the claim too
+    _instant: list = []
+    _starting = False
+
+    def _spawn(self, flow, task, argv, *_gate):  # newer engines pass a ticket too
         self._instant.append((task["key"], self._lease_seq))
-        return _Running(process=None, lease_token=self._lease_seq, task_token="")
+        return _Running(process=SimpleNamespace(pid=None, finished=True),
+                        lease_token=self._lease_seq, task_token="")
 
     def _start_ready(self):
-        while True:
-            super()._start_ready()
-            if not self._instant:
-                return
-            done, self._instant = self._instant, []
-            for key, token in done:
-                self._complete(key, token, TaskOutcome(exit_code=0))
+        if self._starting:  # called again by _complete: the loop below goes on
+            return
+        self._starting = True
+        try:
+            while True:
+                super()._start_ready()
+                if not self._instant:
+                    return
+                done, self._instant = self._instant, []
+                for key, token in done:
+                    self._complete(key, token, TaskOutcome(exit_code=0))
+        finally:
+            self._starting = False
 
 
 def make_dag(n: int, per_task: int, seed: int = 7) -> dict:

@@ -13,8 +13,10 @@ one of four kinds of moment, then restarted on the same data dir:
               in queue/, workflows/ or checkpoints/).
 
 After the kill and before the restart the durable state is read (the daemon is
-dead, so it is exactly what it left): every record file parses, the workflow
-has all 50 task files, and the tasks recorded `succeeded` are noted. After the
+dead, so it is exactly what it left): every record file parses, every task
+file belongs to the workflow (a task file may be missing: a new workflow's
+task files are written after its workflow file, which holds the spec they
+are rebuilt from), and the tasks recorded `succeeded` are noted. After the
 restart the workflow must succeed; each noted task ran exactly once; every task
 ran at least once and at most twice; quarantine holds nothing but leftover temp
 files. The seed is printed on failure (CRASH_SEED to replay).
@@ -22,6 +24,7 @@ files. The seed is printed on failure (CRASH_SEED to replay).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -111,7 +114,7 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> dict[str, int]
     def submit() -> None:
         try:
             status, body = d.request("POST", "/workflows", spec, timeout=10)
-        except OSError:
+        except (OSError, http.client.HTTPException):  # e.g. IncompleteRead
             return  # the daemon died under the request: the client never got an id
         if status == 202:
             accepted.append(body["workflow_id"])
@@ -145,7 +148,9 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> dict[str, int]
     if workflows:
         wf = workflows[0]
         mine = [t for t in tasks if t["workflow_id"] == wf["id"]]
-        assert len(mine) == len(wf["task_ids"]) == TASKS, "task files missing or extra"
+        assert len(wf["task_ids"]) == TASKS
+        assert len(mine) == len({t["id"] for t in mine}) <= TASKS, "extra task files"
+        assert {t["id"] for t in mine} <= set(wf["task_ids"]), "foreign task files"
         succeeded_at_kill = {t["id"] for t in mine if t["status"] == "succeeded"}
 
     d2 = start_daemon(base, **cfg)

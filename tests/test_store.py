@@ -258,7 +258,7 @@ def test_missing_task_files_are_rebuilt_from_the_spec_as_queued(paths: DataPaths
     wf, tasks = make()
     store.add_workflow(wf, tasks)
     (paths.queue_dir / f"{tasks[1]['key']}.json").unlink()
-    with caplog.at_level(logging.WARNING, logger="provisioning.store"):
+    with caplog.at_level(logging.INFO, logger="provisioning.store"):
         _, loaded = JsonFileStore(paths).load()
     assert [t["key"] for t in loaded] == [t["key"] for t in tasks]
     rebuilt = loaded[1]

@@ -214,6 +214,8 @@ def _logs(app: AppContext, workflow_id: str, task_id: str | None, *, follow: boo
         for t in tasks:
             text, _ = client.task_log(t["key"])
             click.echo(f"==> task {t.get('id')} ({t.get('status')}) <==")
+            if not text:  # no log file: the task printed nothing (yet), or never ran
+                text = "(no output)\n" if t.get("attempts") else "(not run)\n"
             click.echo(text, nl=not text.endswith("\n"))
         return
     _follow_logs(client, workflow_id, view, tasks)

@@ -22,6 +22,13 @@ A record handed over again before its batch was taken is simply replaced
 (only its newest version is written). Records are copied when handed over,
 so the engine may keep changing its dicts.
 
+A new workflow's commit point is its workflow file, which holds its spec:
+the submitter waits for that file alone. Its task files follow in the next
+batch, without fsync (``unsynced_tasks``): after a crash, load() rebuilds a
+missing or torn one from the spec as queued, which is all it said. So a
+submission of N tasks costs one fsynced file on the submitter's path, and a
+task that is claimed before that batch is taken is written once, not twice.
+
 When is a batch written? At once when someone waits for it (a submitter, a
 task about to start, a reader: ``wait`` makes the open batch urgent), else
 at most FLUSH_DELAY after its first record was handed over. So writes nobody
@@ -54,19 +61,20 @@ class Ticket:
     """One batch of writes. Every caller that handed over a record to the same
     batch gets the same Ticket; ``wait`` returns once it is durable."""
 
-    __slots__ = ("adds", "done", "error", "since", "tasks", "urgent", "workflows")
+    __slots__ = ("adds", "done", "error", "since", "tasks", "unsynced", "urgent", "workflows")
 
     def __init__(self) -> None:
-        self.adds: list[tuple[Record, list[Record]]] = []
+        self.adds: list[tuple[Record, list[Record]]] = []  # new workflows, their tasks
         self.tasks: dict[str, Record] = {}  # key -> snapshot
         self.workflows: dict[str, Record] = {}  # id -> snapshot
+        self.unsynced: dict[str, Record] = {}  # key -> first version of a new task
         self.done = False
         self.error: BaseException | None = None
         self.urgent = False  # someone waits: write it as soon as the committer is free
         self.since = 0.0  # monotonic time of its first record
 
     def empty(self) -> bool:
-        return not (self.adds or self.tasks or self.workflows)
+        return not (self.adds or self.tasks or self.workflows or self.unsynced)
 
 
 DONE = Ticket()
@@ -104,6 +112,8 @@ class RecordWriter:
         with self._cv:
             ticket = self._open
             getattr(ticket, kind)[key] = snapshot  # a later version replaces an earlier one
+            if kind == "tasks":
+                ticket.unsynced.pop(key, None)  # superseded
             self._kick(ticket)
             return ticket
 
@@ -188,6 +198,8 @@ class RecordWriter:
             error = self._write(batch)
             with self._cv:
                 batch.error = error
+                if error is None:
+                    self._follow_adds(batch)
                 batch.done = True
                 delay = 0.0
                 if error is not None:
@@ -197,13 +209,28 @@ class RecordWriter:
 
     def _write(self, batch: Ticket) -> BaseException | None:
         try:
-            self.store.commit_batch(adds=batch.adds, tasks=list(batch.tasks.values()),
-                                    workflows=list(batch.workflows.values()))
+            self.store.commit_batch(adds=[(wf, []) for wf, _ in batch.adds],
+                                    tasks=list(batch.tasks.values()),
+                                    workflows=list(batch.workflows.values()),
+                                    unsynced_tasks=list(batch.unsynced.values()))
         except Exception as e:
             log.error("could not write %d task and %d workflow records, %d new workflows: %s",
-                      len(batch.tasks), len(batch.workflows), len(batch.adds), e)
+                      len(batch.tasks) + len(batch.unsynced), len(batch.workflows),
+                      len(batch.adds), e)
             return e
         return None
+
+    def _follow_adds(self, batch: Ticket) -> None:
+        """The task files of the workflows ``batch`` committed go with the next
+        batch. Called before their submitters are released, so the records are
+        still unchanged and any newer version is handed over later (and
+        replaces it, see _queue_record). Lock held."""
+        ticket = self._open
+        for _, tasks in batch.adds:
+            for task in tasks:
+                ticket.unsynced[task["key"]] = _copy(task)
+        if not ticket.empty():
+            self._kick(ticket)
 
     def _requeue(self, failed: Ticket) -> None:
         """Records of a failed batch are written again with the next one, unless a
@@ -211,6 +238,9 @@ class RecordWriter:
         submitters got the error and nothing was acknowledged."""
         for key, rec in failed.tasks.items():
             self._open.tasks.setdefault(key, rec)
+        for key, rec in failed.unsynced.items():
+            if key not in self._open.tasks:
+                self._open.unsynced.setdefault(key, rec)
         for wid, rec in failed.workflows.items():
             self._open.workflows.setdefault(wid, rec)
         if not self._open.empty() and not self._open.since:

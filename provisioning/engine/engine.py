@@ -80,6 +80,7 @@ class Engine(FlowIndex, TaskTransitions):
         self._draining = False
         self._stopping = False
         self._started = False
+        self._event_write_failed = False  # the event log could not be appended to
         self._thread: threading.Thread | None = None
         self._next_incoming = 0.0
         self._base_env: dict[str, str] | None = None  # clean_env({}), once per start
@@ -464,7 +465,8 @@ class Engine(FlowIndex, TaskTransitions):
                     message=f"attempt {task['attempts']}")
         handle = self._spawn(flow, task, argv, gate)
         self._running[task["key"]] = handle
-        # (claims happen in the scheduler's _tick, whose timeout then covers this)
+        if not self._pid_unsaved:  # the scheduler's timeout must now cover a pid write
+            self._wake.notify_all()
         self._pid_unsaved[task["key"]] = (time.monotonic() + PID_WRITE_DELAY, self._lease_seq)
 
     def _spawn(self, flow: _Flow, task: dict[str, Any], argv: list[str],

@@ -182,7 +182,7 @@ def sync_staged(items: list[Staged]) -> None:
 
 
 def replace_many(pairs: list[tuple[Path, Any]], done: list[Path],
-                 spares: Spares | None = None) -> None:
+                 spares: Spares | None = None, *, sync: bool = True) -> None:
     """Replace each ``path`` with ``obj`` as JSON, durably per file, in three
     phases: write every temp file (no fsync), fsync them all (in parallel,
     see sync_staged), then close and rename each in order. Profiled under the
@@ -195,13 +195,15 @@ def replace_many(pairs: list[tuple[Path, Any]], done: list[Path],
     old version). The directory fsync is the caller's (once for all).
     Files are taken STAGE_CHUNK at a time: a submission of thousands of tasks
     must not hold thousands of open fds. With ``spares``, replaced files'
-    inodes are recycled as the next temp files (see Spares)."""
+    inodes are recycled as the next temp files (see Spares). ``sync=False``:
+    no fsync (still atomic for readers; for files that can be rebuilt)."""
     for start in range(0, len(pairs), STAGE_CHUNK):
         staged: list[Staged] = []
         try:
             for path, obj in pairs[start:start + STAGE_CHUNK]:
                 staged.append(stage_json(path, obj, spares))
-            sync_staged(staged)
+            if sync:
+                sync_staged(staged)
             publish(staged, done, spares)
         except BaseException:
             discard(staged)

@@ -119,9 +119,16 @@ class JsonFileStore(Store):
         self.commit_batch(tasks=tasks, workflows=workflows)
 
     def commit_batch(self, *, adds: list[tuple[Record, list[Record]]] = (),
-                     tasks: list[Record] = (), workflows: list[Record] = ()) -> None:
+                     tasks: list[Record] = (), workflows: list[Record] = (),
+                     unsynced_tasks: list[Record] = ()) -> None:
         """One group commit: new workflows (``adds``) plus replaced task and
         workflow records, durable on return.
+
+        ``unsynced_tasks`` are written first, atomically but without any
+        fsync: the first files of tasks whose workflow file is already
+        durable (its spec is what load() rebuilds a missing or torn one from,
+        as queued, which is what they say). The engine's committer hands over
+        a new workflow's task files that way, after the workflow's commit.
 
         Each file is written to a temp file, fsynced and renamed into place
         (fsyncs in parallel, see fileio.replace_many): first every task file,
@@ -156,15 +163,24 @@ class JsonFileStore(Store):
         for workflow in workflows:
             wid = records.check_id(workflow.get("id"), "workflow id")
             wf_files.append((self._workflow_file(wid), workflow))
+        unsynced = [(self._task_file(self._checked_key(t)), t) for t in unsynced_tasks]
         published: list[Path] = []
         try:
             with storage_errors(self.paths.data_dir):
+                if unsynced:
+                    replace_many(unsynced, [], sync=False)
                 replace_many(task_files, published, self._spares)
                 queue_synced = False
                 if workflows and task_files:
                     fsutil.fsync_dir(self.paths.queue_dir)  # tasks before a workflow status
                     queue_synced = True
-                replace_many(wf_files, published, self._spares)
+                # New workflows get new files, never a recycled inode: on a
+                # full disk a new submission fails (507) while the spares
+                # still let accepted work record its transitions.
+                new_wf_files = [f for f in wf_files if f[0] in created]
+                replace_many(new_wf_files, published)
+                replace_many([f for f in wf_files if f[0] not in created], published,
+                             self._spares)
                 if task_files and not queue_synced:
                     fsutil.fsync_dir(self.paths.queue_dir)
                 if wf_files:
@@ -254,13 +270,20 @@ class JsonFileStore(Store):
                              key=lambda w: (_num(w.get("seq")), _num(w.get("created_at"))))
         for wf in ordered_wfs:
             specs = {t.get("id"): t for t in wf["spec"]["tasks"] if isinstance(t, dict)}
+            rebuilt = 0
             for index, tid in enumerate(wf["task_ids"]):
                 key = task_key(wf["id"], tid)
                 task = tasks.get(key)
                 if task is None:
                     task = self._rebuild_task(wf, specs[tid], index)
                     touched.add(self.paths.queue_dir)
+                    rebuilt += 1
                 ordered_tasks.append(task)
+            if rebuilt:
+                # Normal after a crash right after a submission: its task files
+                # are written after its workflow file (engine/commit.py).
+                log.info("workflow %s: rebuilt %d task file(s) from its spec, as queued",
+                         wf["id"], rebuilt)
         for d in touched:
             fsutil.fsync_dir(d)
         return ordered_wfs, ordered_tasks
@@ -271,8 +294,6 @@ class JsonFileStore(Store):
         seq = int(_num(wf.get("seq"))) - len(wf["task_ids"]) + index
         task = records.new_task_record(wf["id"], spec, seq=max(seq, 0),
                                        created_at=wf.get("created_at"))
-        log.warning("rebuilt missing task file %s from the spec of workflow %s (as queued)",
-                    self._task_file(task["key"]).name, wf["id"])
         try:
             with storage_errors(self.paths.data_dir):
                 fsutil.atomic_write_json(self._task_file(task["key"]), task, sync_dir=False)
