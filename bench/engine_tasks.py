@@ -11,8 +11,9 @@ The engine runs in-process; each task is a fresh subprocess with its own
 session, log file, timeout and cleaned environment.
 `--store memory` (default): a MemoryStore, direct mode, the engine alone.
 `--store json`: the daemon's durable path, JsonFileStore in a temp dir under
-/var/tmp (a real disk) with fsync ON: every claim, pid and completion is
-written and fsynced (group-committed), as in the daemon.
+/var/tmp (a real disk) with fsync ON and its writer process, as in the
+daemon: every claim, pid and completion is written and fsynced
+(group-committed).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def run_xargs(n: int, parallel: int) -> float:
 def run_engine(n: int, parallel: int, tmp: Path, store_kind: str = "memory") -> float:
     config = load_config(environ={"PROVISIONING_STORAGE_DATA_DIR": str(tmp / "data"),
                                   "PROVISIONING_EXECUTOR_MAX_CONCURRENT_TASKS": str(parallel)})
-    store = (JsonFileStore(config.data_paths()) if store_kind == "json"
+    store = (JsonFileStore(config.data_paths(), writer_process=True) if store_kind == "json"
              else MemoryStore(tmp / "files"))
     engine = Engine(store, config)
     engine.start()

@@ -59,14 +59,19 @@ class Cold:
 
 
 def daemon_processes(data_dir: Path) -> list[psutil.Process]:
-    """Orchestrator processes serving `data_dir` (its path is on their command line)."""
+    """Orchestrator processes serving `data_dir` (its path is on their command line;
+    not their record writer child, provisioning/store/writer.py, and not a child
+    caught between fork and exec, which still shows its parent's command line)."""
     found = []
     needle = str(data_dir)
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
         cmd = proc.info.get("cmdline") or []
+        if any("provisioning.store.writer" in part for part in cmd):
+            continue
         if needle in cmd and any("orchestrator" in part for part in cmd):
             found.append(proc)
-    return found
+    pids = {p.pid for p in found}
+    return [p for p in found if p.info.get("ppid") not in pids]
 
 
 def stop_daemons(data_dir: Path) -> None:

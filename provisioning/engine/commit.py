@@ -23,11 +23,12 @@ A record handed over again before its batch was taken is simply replaced
 so the engine may keep changing its dicts.
 
 A new workflow's commit point is its workflow file, which holds its spec:
-the submitter waits for that file alone. Its task files follow in the next
-batch, without fsync (``unsynced_tasks``): after a crash, load() rebuilds a
-missing or torn one from the spec as queued, which is all it said. So a
-submission of N tasks costs one fsynced file on the submitter's path, and a
-task that is claimed before that batch is taken is written once, not twice.
+the submitter waits for that file alone. Its task files follow about
+INITIAL_DELAY later, without fsync (``unsynced_tasks``): after a crash,
+load() rebuilds a missing or torn one from the spec as queued, which is all
+it said. So a submission of N tasks costs one fsynced file on the
+submitter's path, and a task claimed within that delay (the common case for
+a short queue) has its file written once, by its claim, not twice.
 
 When is a batch written? At once when someone waits for it (a submitter, a
 task about to start, a reader: ``wait`` makes the open batch urgent), else
@@ -55,26 +56,29 @@ log = logging.getLogger("provisioning.engine")
 Record = dict[str, Any]
 RETRY_DELAY = 1.0  # seconds before writing again after a failed batch (disk full...)
 FLUSH_DELAY = 0.02  # seconds a write nobody waits for may wait for company
+INITIAL_DELAY = 1.0  # seconds before a new task's first file is written (see above)
 
 
 class Ticket:
     """One batch of writes. Every caller that handed over a record to the same
     batch gets the same Ticket; ``wait`` returns once it is durable."""
 
-    __slots__ = ("adds", "done", "error", "since", "tasks", "unsynced", "urgent", "workflows")
+    __slots__ = ("adds", "done", "error", "events", "since", "tasks", "unsynced", "urgent",
+                 "workflows")
 
     def __init__(self) -> None:
         self.adds: list[tuple[Record, list[Record]]] = []  # new workflows, their tasks
         self.tasks: dict[str, Record] = {}  # key -> snapshot
         self.workflows: dict[str, Record] = {}  # id -> snapshot
         self.unsynced: dict[str, Record] = {}  # key -> first version of a new task
+        self.events: list[tuple[str, Record]] = []  # (workflow id, event), in order
         self.done = False
         self.error: BaseException | None = None
         self.urgent = False  # someone waits: write it as soon as the committer is free
         self.since = 0.0  # monotonic time of its first record
 
     def empty(self) -> bool:
-        return not (self.adds or self.tasks or self.workflows or self.unsynced)
+        return not (self.adds or self.tasks or self.workflows or self.unsynced or self.events)
 
 
 DONE = Ticket()
@@ -90,6 +94,9 @@ class RecordWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._inline_lock = threading.Lock()  # inline writes from several threads
+        # First versions of new tasks' files, written unsynced once due (lock: _cv).
+        self._initial: dict[str, Record] = {}
+        self._initial_due = 0.0
 
     # -- handing over writes (any thread; the engine's lock usually held) ----
 
@@ -112,10 +119,24 @@ class RecordWriter:
         with self._cv:
             ticket = self._open
             getattr(ticket, kind)[key] = snapshot  # a later version replaces an earlier one
-            if kind == "tasks":
-                ticket.unsynced.pop(key, None)  # superseded
+            if kind == "tasks":  # a first version still waiting is superseded
+                self._initial.pop(key, None)
+                ticket.unsynced.pop(key, None)
             self._kick(ticket)
             return ticket
+
+    def append_event(self, workflow_id: str, event: Record) -> None:
+        """Queue an event-log line; it is appended once the records handed over
+        with or before it are durable (never ahead of them). The event is not
+        copied: the engine never changes an event once made."""
+        if not self.batched or self._closed:
+            with self._inline_lock:
+                self.store.append_event(workflow_id, event)
+            return
+        with self._cv:
+            ticket = self._open
+            ticket.events.append((workflow_id, event))
+            self._kick(ticket)
 
     def add_workflow(self, workflow: Record, tasks: list[Record]) -> None:
         """Persist a new workflow; returns once it is durable, raises what the
@@ -184,13 +205,19 @@ class RecordWriter:
                     batch = self._open
                     if batch.urgent:
                         break
+                    now = time.monotonic()
+                    if self._initial and now >= self._initial_due:
+                        self._take_initial(batch)
+                    initial_in = self._initial_due - now if self._initial else None
                     if batch.empty():
-                        self._cv.wait()
+                        self._cv.wait(initial_in)
                         continue
-                    remaining = batch.since + FLUSH_DELAY - time.monotonic()
+                    remaining = batch.since + FLUSH_DELAY - now
                     if remaining <= 0:
                         break
-                    self._cv.wait(remaining)
+                    self._cv.wait(remaining if initial_in is None else min(remaining, initial_in))
+                if self._closed:
+                    self._take_initial(self._open)  # nothing is left behind at close
                 if self._open.empty():  # closed and nothing left
                     self._thread = None
                     return
@@ -212,7 +239,8 @@ class RecordWriter:
             self.store.commit_batch(adds=[(wf, []) for wf, _ in batch.adds],
                                     tasks=list(batch.tasks.values()),
                                     workflows=list(batch.workflows.values()),
-                                    unsynced_tasks=list(batch.unsynced.values()))
+                                    unsynced_tasks=list(batch.unsynced.values()),
+                                    events=batch.events)
         except Exception as e:
             log.error("could not write %d task and %d workflow records, %d new workflows: %s",
                       len(batch.tasks) + len(batch.unsynced), len(batch.workflows),
@@ -221,16 +249,25 @@ class RecordWriter:
         return None
 
     def _follow_adds(self, batch: Ticket) -> None:
-        """The task files of the workflows ``batch`` committed go with the next
-        batch. Called before their submitters are released, so the records are
-        still unchanged and any newer version is handed over later (and
-        replaces it, see _queue_record). Lock held."""
-        ticket = self._open
+        """The task files of the workflows ``batch`` committed are written
+        INITIAL_DELAY later. Called before their submitters are released, so
+        the records are still unchanged and any newer version is handed over
+        later (and replaces it, see _queue_record). Lock held."""
+        if not self._initial:
+            self._initial_due = time.monotonic() + INITIAL_DELAY
         for _, tasks in batch.adds:
             for task in tasks:
-                ticket.unsynced[task["key"]] = _copy(task)
-        if not ticket.empty():
-            self._kick(ticket)
+                self._initial[task["key"]] = _copy(task)
+
+    def _take_initial(self, ticket: Ticket) -> None:
+        """Move the due first versions into ``ticket`` (lock held)."""
+        if not self._initial:
+            return
+        for key, rec in self._initial.items():
+            if key not in ticket.tasks:
+                ticket.unsynced[key] = rec
+        self._initial = {}
+        self._kick(ticket)
 
     def _requeue(self, failed: Ticket) -> None:
         """Records of a failed batch are written again with the next one, unless a
@@ -241,6 +278,7 @@ class RecordWriter:
         for key, rec in failed.unsynced.items():
             if key not in self._open.tasks:
                 self._open.unsynced.setdefault(key, rec)
+        self._open.events[:0] = failed.events  # still in order, ahead of newer ones
         for wid, rec in failed.workflows.items():
             self._open.workflows.setdefault(wid, rec)
         if not self._open.empty() and not self._open.since:

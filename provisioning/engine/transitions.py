@@ -258,7 +258,7 @@ class TaskTransitions:
                  "status": status, "progress": progress, "message": message}
         flow.events.append(event)
         try:
-            self.store.append_event(flow.rec["id"], event)
+            self._writer.append_event(flow.rec["id"], event)  # inline, or with the next batch
         except (ProvisioningError, OSError) as e:
             # The event log is derived from the records (which are written, or
             # retried, on their own): a full disk must not break a transition

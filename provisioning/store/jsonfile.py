@@ -34,6 +34,7 @@ from typing import Any
 
 from provisioning import fsutil
 from provisioning.engine.model import task_key
+from provisioning.errors import ProvisioningError
 from provisioning.paths import DataPaths
 from provisioning.store import locks, records
 from provisioning.store.base import Record, Store
@@ -46,14 +47,21 @@ from provisioning.store.fileio import (
     storage_errors,
 )
 from provisioning.store.offline import INCOMING_TIMEOUT, check_incoming, incoming_dir
+from provisioning.store.writer import WriterDied, WriterProcess, wait_for_old_writer
 
 log = logging.getLogger("provisioning.store")
 EVENT_FDS = 32  # event logs kept open (see append_event)
 
 
 class JsonFileStore(Store):
-    def __init__(self, data_paths: DataPaths):
+    def __init__(self, data_paths: DataPaths, *, writer_process: bool = False):
+        """``writer_process=True`` (the daemon): after load(), group commits
+        are written by a child process (store/writer.py), which is stopped
+        by close()."""
         self.paths = data_paths
+        self._use_writer_process = writer_process
+        self._writer: WriterProcess | None = None
+        self._event_write_failed = False
         self.incoming_dir = incoming_dir(data_paths)
         with storage_errors(data_paths.data_dir):
             fsutil.ensure_private_dir(data_paths.data_dir)
@@ -120,7 +128,8 @@ class JsonFileStore(Store):
 
     def commit_batch(self, *, adds: list[tuple[Record, list[Record]]] = (),
                      tasks: list[Record] = (), workflows: list[Record] = (),
-                     unsynced_tasks: list[Record] = ()) -> None:
+                     unsynced_tasks: list[Record] = (),
+                     events: list[tuple[str, dict[str, Any]]] = ()) -> None:
         """One group commit: new workflows (``adds``) plus replaced task and
         workflow records, durable on return.
 
@@ -129,6 +138,11 @@ class JsonFileStore(Store):
         durable (its spec is what load() rebuilds a missing or torn one from,
         as queued, which is what they say). The engine's committer hands over
         a new workflow's task files that way, after the workflow's commit.
+
+        ``events`` ``(workflow_id, event)`` are appended to the event logs
+        once the records are durable, so a log never runs ahead of the
+        records; an append that fails (disk full) is logged, never raised:
+        the records are written, and events are derived from them.
 
         Each file is written to a temp file, fsynced and renamed into place
         (fsyncs in parallel, see fileio.replace_many): first every task file,
@@ -145,7 +159,41 @@ class JsonFileStore(Store):
         are the files of ``adds`` already renamed (no half-added workflow is
         left behind); replaced records already renamed keep their new,
         complete version. The caller learns of the error and may write again.
+
+        With a writer process running (the daemon), the same method runs in it.
         """
+        if self._writer is not None:
+            try:
+                self._writer.commit_batch(adds=adds, tasks=tasks, workflows=workflows,
+                                          unsynced_tasks=unsynced_tasks, events=events)
+                return
+            except WriterDied as e:  # redo the whole batch here: every write is idempotent
+                log.error("%s; writing records in the daemon itself from now on", e)
+                writer, self._writer = self._writer, None
+                writer.close(timeout=5)
+        self._commit_batch_here(adds=adds, tasks=tasks, workflows=workflows,
+                                unsynced_tasks=unsynced_tasks)
+        if events:
+            self._append_batch_events(events)
+
+    def _append_batch_events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        by_workflow: dict[str, list[dict[str, Any]]] = {}
+        for workflow_id, event in events:
+            by_workflow.setdefault(workflow_id, []).append(event)
+        for workflow_id, evs in by_workflow.items():
+            try:
+                self.append_events(workflow_id, evs)
+            except (ProvisioningError, OSError) as e:
+                if not self._event_write_failed:  # once per outage, not once per batch
+                    log.error("cannot append to the event log of workflow %s: %s (said "
+                              "once until it works again)", workflow_id, e)
+                self._event_write_failed = True
+            else:
+                self._event_write_failed = False
+
+    def _commit_batch_here(self, *, adds: list[tuple[Record, list[Record]]] = (),
+                           tasks: list[Record] = (), workflows: list[Record] = (),
+                           unsynced_tasks: list[Record] = ()) -> None:
         task_files: list[tuple[Path, Record]] = []
         wf_files: list[tuple[Path, Record]] = []
         for workflow, new_tasks in adds:
@@ -225,6 +273,8 @@ class JsonFileStore(Store):
         workflow order, each workflow's tasks in its task_ids order.
         """
         touched: set[Path] = set()  # directories whose entries changed: fsync once at the end
+        if self._use_writer_process and self._writer is None:
+            wait_for_old_writer(self.paths.data_dir)  # a dead daemon's writer may still write
         if self._spares is not None:  # names left by a crash may still link live records
             self._spares.purge()
 
@@ -266,6 +316,7 @@ class JsonFileStore(Store):
                 tasks[rec["key"]] = rec
 
         ordered_tasks: list[Record] = []
+        rebuilt_files: list[tuple[Path, Record]] = []
         ordered_wfs = sorted(workflows.values(),
                              key=lambda w: (_num(w.get("seq")), _num(w.get("created_at"))))
         for wf in ordered_wfs:
@@ -276,7 +327,7 @@ class JsonFileStore(Store):
                 task = tasks.get(key)
                 if task is None:
                     task = self._rebuild_task(wf, specs[tid], index)
-                    touched.add(self.paths.queue_dir)
+                    rebuilt_files.append((self._task_file(key), task))
                     rebuilt += 1
                 ordered_tasks.append(task)
             if rebuilt:
@@ -284,22 +335,32 @@ class JsonFileStore(Store):
                 # are written after its workflow file (engine/commit.py).
                 log.info("workflow %s: rebuilt %d task file(s) from its spec, as queued",
                          wf["id"], rebuilt)
+        if rebuilt_files:
+            # Like the engine's first task files: atomic, not fsynced (the
+            # spec rebuilds them again if need be), all at once.
+            try:
+                with storage_errors(self.paths.data_dir):
+                    replace_many(rebuilt_files, [], sync=False)
+            except Exception as e:  # usable from memory; written on their next change
+                log.warning("could not write %d rebuilt task files: %s", len(rebuilt_files), e)
         for d in touched:
             fsutil.fsync_dir(d)
+        if self._use_writer_process and self._writer is None:
+            self._start_writer()
         return ordered_wfs, ordered_tasks
+
+    def _start_writer(self) -> None:
+        try:
+            self._writer = WriterProcess(self.paths.data_dir)
+        except OSError as e:  # only an optimisation: write in-process
+            log.warning("cannot start the record writer process (%s); writing in-process", e)
 
     def _rebuild_task(self, wf: Record, spec: dict[str, Any], index: int) -> Record:
         # The engine numbers a submission's tasks seq s+1..s+n and the workflow
         # s+n+1; the same numbers keep a rebuilt task in its FIFO place.
         seq = int(_num(wf.get("seq"))) - len(wf["task_ids"]) + index
-        task = records.new_task_record(wf["id"], spec, seq=max(seq, 0),
+        return records.new_task_record(wf["id"], spec, seq=max(seq, 0),
                                        created_at=wf.get("created_at"))
-        try:
-            with storage_errors(self.paths.data_dir):
-                fsutil.atomic_write_json(self._task_file(task["key"]), task, sync_dir=False)
-        except Exception as e:  # still usable from memory; written again on its next change
-            log.warning("could not write rebuilt task %s: %s", task["key"], e)
-        return task
 
     @staticmethod
     def _read_dir(directory: Path, move_aside) -> tuple[list[tuple[Path, Any]], set[str]]:
@@ -395,7 +456,10 @@ class JsonFileStore(Store):
     # -- events --------------------------------------------------------------
 
     def append_event(self, workflow_id: str, event: dict[str, Any]) -> None:
-        """One JSON line, one write(). Not fsynced: events are derived from the
+        self.append_events(workflow_id, [event])
+
+    def append_events(self, workflow_id: str, events: list[dict[str, Any]]) -> None:
+        """JSON lines, one write(). Not fsynced: events are derived from the
         records (which are), so a power loss may drop the newest events but a
         process crash (kill -9) loses nothing that write() returned for.
 
@@ -404,7 +468,7 @@ class JsonFileStore(Store):
         took the events directory's lock and cost ~0.3 ms of kernel CPU per
         event under the daemon's load, twice per task."""
         records.check_id(workflow_id, "workflow id")
-        line = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+        line = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
         with self._events_lock, storage_errors(self.paths.events_dir):
             fd = self._event_fds.pop(workflow_id, None)
             if fd is None:
@@ -422,8 +486,11 @@ class JsonFileStore(Store):
                 os.close(self._event_fds.pop(next(iter(self._event_fds))))
 
     def close(self) -> None:
-        """Close the event logs kept open (also done when the store is collected)
-        and delete the spare inodes."""
+        """Stop the writer process, close the event logs kept open (also done
+        when the store is collected) and delete the spare inodes."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
         with self._events_lock:
             _close_all(self._event_fds)
         if self._spares is not None:
