@@ -451,7 +451,7 @@ def bare_python_rss_mib() -> float:
 
 
 def fig_idle(s: Scale, tmp: Path) -> Figure:
-    cpu, rss, ref = [], [], []
+    cpu, rss, ref, wrss, uss = [], [], [], [], []
     for _ in range(s.idle_runs):
         out = run_script(["bench/idle.py", "--json", "--seconds", str(s.idle_seconds),
                           "--workflows", str(s.idle_workflows)],
@@ -459,11 +459,17 @@ def fig_idle(s: Scale, tmp: Path) -> Figure:
         doc = parse_json_output(out, "idle.py")
         cpu.append(dig(doc, "cpu_percent"))
         rss.append(dig(doc, "rss_mb"))
+        wrss.append(dig(doc, "writer_rss_mb"))
+        uss.append(dig(doc, "uss_mb") + dig(doc, "writer_uss_mb"))
         ref.append(bare_python_rss_mib())
     ref_name = "bare python interpreter RSS"
     rows = [row_from_samples(ref_name, ref, "MiB", reference=ref_name, is_reference=True),
             row_from_samples("daemon RSS, idle", rss, "MiB", reference=ref_name,
                              target=Target("<", 40, label="< 40 MiB")),
+            row_from_samples("its record-writer child process, RSS", wrss, "MiB",
+                             reference=ref_name,
+                             note="storage.writer_process = false: none (in-process writes)"),
+            row_from_samples("daemon + writer, private memory (USS)", uss, "MiB"),
             row_from_samples(f"daemon CPU over {s.idle_seconds:g} s idle", cpu, "%",
                              target=Target("<", 1.0, label="< 1%"),
                              note="no ratio: the floor is 0")]

@@ -4,7 +4,8 @@ Starts the real daemon (bench/submit.py's BenchDaemon: temp data dir, port 0),
 optionally queues some finished workflows first so the in-memory index is not
 empty, then samples its process with psutil over the window and reports CPU %
 (user + system time of the daemon and any children / wall time), RSS, USS
-and thread count.
+and thread count, and the RSS and USS of its record-writer child
+(provisioning/store/writer.py).
 
 Usage: python bench/idle.py [--seconds 30] [--workflows 100] [--json]
 """
@@ -61,8 +62,13 @@ def main() -> int:
         time.sleep(args.seconds)  # the measurement window itself
         used, wall = cpu_seconds(proc) - before_cpu, time.monotonic() - t0
         mem = proc.memory_full_info()
+        writers = [c for c in proc.children()
+                   if "provisioning.store.writer" in " ".join(c.cmdline())]
+        wmem = writers[0].memory_full_info() if writers else None
         result = {"seconds": wall, "cpu_seconds": used, "cpu_percent": 100 * used / wall,
                   "rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20,
+                  "writer_rss_mb": wmem.rss / 2**20 if wmem else 0.0,
+                  "writer_uss_mb": wmem.uss / 2**20 if wmem else 0.0,
                   "threads": proc.num_threads(), "workflows_done": args.workflows,
                   "target_cpu_percent": 1.0}
     finally:
@@ -74,7 +80,8 @@ def main() -> int:
         print(f"idle {result['seconds']:.1f} s after {args.workflows} workflows: CPU "
               f"{result['cpu_percent']:.3f}% ({result['cpu_seconds']:.3f} s)  target < 1%")
         print(f"memory: RSS {result['rss_mb']:.1f} MiB, USS {result['uss_mb']:.1f} MiB, "
-              f"{result['threads']} threads")
+              f"{result['threads']} threads; writer process RSS "
+              f"{result['writer_rss_mb']:.1f} MiB, USS {result['writer_uss_mb']:.1f} MiB")
     return 0 if result["cpu_percent"] < 1.0 else 1
 
 

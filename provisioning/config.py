@@ -65,6 +65,7 @@ class StorageConfig:
     backend: str = "filesystem"
     data_dir: str = ""  # empty: /var/lib/provisioning as root, else the user data dir
     allow_network_fs: bool = False  # flock is unreliable on NFS; refuse unless set
+    writer_process: bool = True  # daemon: record writes in a child (store/writer.py)
 
 
 @dataclass(frozen=True)

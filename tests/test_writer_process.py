@@ -138,3 +138,15 @@ def test_storage_full_in_the_child_is_storage_full_in_the_daemon(tmp_path: Path)
                              "events": []})
     assert reply == {"error": "full", "message": "no space left for the queue in X",
                      "hint": "free space"}
+
+
+def test_writer_process_false_writes_in_the_daemon(tmp_path: Path):
+    d = start_daemon(tmp_path, storage={"writer_process": False})
+    try:
+        status, body = d.request("POST", "/workflows", SMALL)
+        assert status == 202
+        assert d.wait_workflow(body["workflow_id"])["status"] == "succeeded"
+        assert writer_of(d.pid) is None
+        assert (d.data_dir / "workflows" / f"{body['workflow_id']}.json").exists()
+    finally:
+        d.stop()

@@ -344,7 +344,7 @@ class Orchestrator:
             instance_id=self.instance_id, port=self.port, host=config.server.host,
             started_at=time.time()))
         registry = OpRegistry.from_config(config)
-        store = JsonFileStore(self.data_paths, writer_process=True)
+        store = JsonFileStore(self.data_paths, writer_process=config.storage.writer_process)
         self.engine = Engine(store, config, registry=registry, instance_id=self.instance_id,
                              endpoint=endpoint)
         self.engine.start()
