@@ -124,6 +124,9 @@ def test_offline_install_runs_orchestrated_workflow_and_uninstalls_cleanly(
                          "--wait", timeout=120)
             assert r.returncode == 0, r.stdout + r.stderr
             assert "succeeded" in r.stdout
+            # its record-writer child ran from the zipapp too (no in-process fallback)
+            log = (host.tmp / "data" / "orchestrator.log").read_text()
+            assert "record writer" not in log, log[-2000:]
             # the daemon that ran it is the installed zipapp
             r = host.run("provisioning", "orchestrator", "status")
             assert r.returncode == 0 and PLATFORM_VERSION in r.stdout, r.stdout + r.stderr
