@@ -413,3 +413,22 @@ def test_local_data_dir_passes_on_the_real_mount_table(paths: DataPaths):
 
 def test_real_tmpfs_mount_is_found(tiny_fs: Path):
     assert fscheck.mount_of(tiny_fs / "data", fscheck.read_mounts()) == (str(tiny_fs), "tmpfs")
+
+
+def test_memory_store_prunes_direct_run_files_by_age(tmp_path: Path):
+    import time
+
+    from provisioning.store.memory import MemoryStore
+
+    store = MemoryStore(files_dir=tmp_path / "direct")
+    old_log = store.task_log_path("old-run", "a")
+    old_log.write_text("old output\n")
+    old_ck = store.checkpoint_path("old-run", "a").parent
+    new_log = store.task_log_path("new-run", "a")
+    new_log.write_text("new output\n")
+    week_ago = time.time() - 8 * 86400
+    for d in (old_log.parent, old_ck):
+        os.utime(d, (week_ago, week_ago))
+    assert store.prune_files(7 * 86400) == 2
+    assert not old_log.parent.exists() and not old_ck.exists()
+    assert new_log.read_text() == "new output\n"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from provisioning.engine.model import WorkflowSpec
 
 DIRECT = "direct"
+DIRECT_FILES_MAX_AGE_S = 7 * 86400  # task logs of direct runs older than this are removed
 ORCHESTRATED = "orchestrated"
 AUTO = "auto"
 
@@ -174,7 +175,9 @@ def run_direct(app: AppContext, spec: WorkflowSpec) -> int:
 
     cfg = app.config
     files_dir = ensure_private_dir(cfg.data_paths().data_dir / "direct")
-    engine = Engine(MemoryStore(files_dir=files_dir), cfg)
+    store = MemoryStore(files_dir=files_dir)
+    store.prune_files(DIRECT_FILES_MAX_AGE_S)  # logs of direct runs are kept a week
+    engine = Engine(store, cfg)
     engine.start()
     try:
         view = engine.submit(spec)

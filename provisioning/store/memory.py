@@ -7,6 +7,7 @@ construction) because task processes write them.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,31 @@ class MemoryStore(Store):
 
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
         return self._dir("checkpoints", workflow_id) / f"{task_id}.json"
+
+    def prune_files(self, max_age_seconds: float) -> int:
+        """Delete the log and checkpoint dirs of workflows untouched for longer
+        than ``max_age_seconds`` (direct runs keep no queue to say when a run
+        is over, so age decides); returns how many were removed."""
+        import shutil
+        import time
+
+        cutoff = time.time() - max_age_seconds
+        removed = 0
+        for kind in ("logs", "checkpoints"):
+            base = self.files_dir / kind
+            try:
+                entries = list(os.scandir(base))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False) and \
+                            entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        shutil.rmtree(entry.path)
+                        removed += 1
+                except OSError:
+                    continue  # in use or gone: next time
+        return removed
 
     def _dir(self, kind: str, workflow_id: str) -> Path:
         d = self.files_dir / kind / workflow_id
