@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +37,9 @@ from provisioning.errors import ProvisioningError
 from provisioning.paths import DataPaths
 from provisioning.store import locks, records
 from provisioning.store.base import Record, Store
+from provisioning.store.events import EventLogs
 from provisioning.store.fileio import (
     Spares,
-    append_line,
     is_temp_name,
     quarantine,
     replace_many,
@@ -50,7 +49,6 @@ from provisioning.store.offline import INCOMING_TIMEOUT, check_incoming, incomin
 from provisioning.store.writer import WriterDied, WriterProcess, wait_for_old_writer
 
 log = logging.getLogger("provisioning.store")
-EVENT_FDS = 32  # event logs kept open (see append_event)
 
 
 class JsonFileStore(Store):
@@ -69,8 +67,6 @@ class JsonFileStore(Store):
                       data_paths.logs_dir, data_paths.checkpoints_dir,
                       data_paths.quarantine_dir, self.incoming_dir):
                 fsutil.ensure_private_dir(d)
-        # Event logs this process has appended to: their tail is known to be whole.
-        self._clean_event_logs: set[str] = set()
         # Recycled inodes of replaced records (fileio.Spares): data/spare/ is on the
         # same filesystem as queue/ and workflows/ (renames move them there).
         self._spares: Spares | None = None
@@ -81,9 +77,7 @@ class JsonFileStore(Store):
                 self._spares = Spares(spare_dir)
         except OSError as e:  # only an optimisation: write without it
             log.warning("not recycling record files in %s: %s", spare_dir, e)
-        self._event_fds: dict[str, int] = {}  # workflow id -> open fd, LRU order
-        self._events_lock = threading.Lock()
-        weakref.finalize(self, _close_all, self._event_fds)
+        self._events = EventLogs(data_paths.events_dir)
         self._guard = threading.Lock()
         # Per-workflow log/checkpoint dirs known to exist: no mkdir+chmod per task.
         self._made_dirs: set[Path] = set()
@@ -95,9 +89,6 @@ class JsonFileStore(Store):
 
     def _workflow_file(self, workflow_id: str) -> Path:
         return self.paths.workflows_dir / f"{workflow_id}.json"
-
-    def _events_file(self, workflow_id: str) -> Path:
-        return self.paths.events_dir / f"{workflow_id}.jsonl"
 
     # -- writes --------------------------------------------------------------
 
@@ -459,31 +450,8 @@ class JsonFileStore(Store):
         self.append_events(workflow_id, [event])
 
     def append_events(self, workflow_id: str, events: list[dict[str, Any]]) -> None:
-        """JSON lines, one write(). Not fsynced: events are derived from the
-        records (which are), so a power loss may drop the newest events but a
-        process crash (kill -9) loses nothing that write() returned for.
-
-        The file stays open between appends (at most EVENT_FDS workflows, the
-        least recently used one is closed first): opening it with O_CREAT
-        took the events directory's lock and cost ~0.3 ms of kernel CPU per
-        event under the daemon's load, twice per task."""
-        records.check_id(workflow_id, "workflow id")
-        line = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in events)
-        with self._events_lock, storage_errors(self.paths.events_dir):
-            fd = self._event_fds.pop(workflow_id, None)
-            if fd is None:
-                fd = os.open(self._events_file(workflow_id),
-                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                append_line(fd, self._events_file(workflow_id), line,
-                            repair_tail=workflow_id not in self._clean_event_logs)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._clean_event_logs.add(workflow_id)
-            self._event_fds[workflow_id] = fd  # most recently used last
-            while len(self._event_fds) > EVENT_FDS:
-                os.close(self._event_fds.pop(next(iter(self._event_fds))))
+        """Append to the workflow's event log (store/events.py)."""
+        self._events.append(workflow_id, events)
 
     def close(self) -> None:
         """Stop the writer process, close the event logs kept open (also done
@@ -491,8 +459,7 @@ class JsonFileStore(Store):
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()
-        with self._events_lock:
-            _close_all(self._event_fds)
+        self._events.close()
         if self._spares is not None:
             self._spares.purge(keep_held=False)
 
@@ -504,28 +471,7 @@ class JsonFileStore(Store):
             return 0
 
     def load_events(self, workflow_id: str) -> list[dict[str, Any]]:
-        """The events of a workflow in order; a torn or corrupt line is skipped."""
-        records.check_id(workflow_id, "workflow id")
-        try:
-            with open(self._events_file(workflow_id), "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        events = []
-        lines = data.split(b"\n")
-        for n, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = None
-            if not isinstance(event, dict):
-                if n < len(lines):  # not the torn tail of a crash: worth a line in the log
-                    log.warning("skipped corrupt line %d of %s", n, self._events_file(workflow_id))
-                continue
-            events.append(event)
-        return events
+        return self._events.load(workflow_id)
 
     # -- files written by task processes -------------------------------------
 
@@ -543,14 +489,6 @@ class JsonFileStore(Store):
             with self._guard:
                 self._made_dirs.add(d)
         return d / f"{records.check_id(task_id, 'task id')}{suffix}"
-
-
-def _close_all(fds: dict[str, int]) -> None:
-    while fds:
-        try:
-            os.close(fds.popitem()[1])
-        except OSError:
-            pass
 
 
 def _num(value: Any) -> float:
