@@ -136,11 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return run_check(config)
         if args.stop:
-            from provisioning.orchestrator.daemon import stop_daemon
+            from provisioning.orchestrator.control import stop_daemon
 
             return stop_daemon(config)
         if args.status:
-            from provisioning.orchestrator.daemon import daemon_status
+            from provisioning.orchestrator.control import daemon_status
 
             return daemon_status(config)
         check_versions()

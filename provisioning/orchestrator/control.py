@@ -1,0 +1,198 @@
+"""Finding, asking and stopping a running daemon: the pidfile and its checks.
+
+`stop_daemon()` / `daemon_status()` never signal or trust a pid before
+confirming, with psutil, that it is the process that wrote the pidfile (same
+create time, an orchestrator command line): pids get reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from provisioning import fsutil
+from provisioning.errors import ProvisioningError
+
+if TYPE_CHECKING:
+    from provisioning.config import Config
+    from provisioning.paths import DataPaths
+
+log = logging.getLogger("provisioning.orchestrator")
+
+
+def endpoint_host(bind_host: str) -> str:
+    """The address clients (and our own tasks) use to reach a server bound to bind_host."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "[::1]"
+    return f"[{bind_host}]" if ":" in bind_host else bind_host
+
+
+# ---------------------------------------------------------------- pidfile
+
+
+@dataclass(frozen=True)
+class PidInfo:
+    pid: int
+    create_time: float
+    instance_id: str
+    port: int
+    host: str
+    started_at: float
+
+    @property
+    def url(self) -> str:
+        return f"http://{endpoint_host(self.host)}:{self.port}"
+
+
+def write_pidfile(path: Path, info: PidInfo) -> None:
+    fsutil.atomic_write_json(path, {"schema": 1, **asdict(info)}, mode=0o600)
+
+
+def read_pidfile(path: Path) -> PidInfo | None:
+    """The pidfile's content, or None if there is none or it is unreadable."""
+    try:
+        data = fsutil.read_json(path)
+        return PidInfo(pid=int(data["pid"]), create_time=float(data["create_time"]),
+                       instance_id=str(data["instance_id"]), port=int(data["port"]),
+                       host=str(data.get("host", "127.0.0.1")),
+                       started_at=float(data.get("started_at", 0)))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable pidfile %s: %s", path, e)
+        return None
+
+
+def remove_pidfile(path: Path, instance_id: str | None = None) -> None:
+    """Remove the pidfile; with `instance_id`, only if it is still that daemon's."""
+    if instance_id is not None:
+        info = read_pidfile(path)
+        if info is not None and info.instance_id != instance_id:
+            return
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _looks_like_orchestrator(proc: Any) -> bool:
+    try:
+        if any("orchestrator" in part for part in proc.cmdline()):
+            return True
+        # the zipapp runs as `python provisioning.pyz` with PROVISIONING_ENTRY=orchestrator
+        return proc.environ().get("PROVISIONING_ENTRY") == "orchestrator"
+    except Exception:  # psutil.Error: gone, or not ours to inspect
+        return False
+
+
+def process_is_ours(info: PidInfo) -> bool:
+    """True only if info.pid is the very process that wrote the pidfile."""
+    import psutil
+
+    try:
+        proc = psutil.Process(info.pid)
+        if abs(proc.create_time() - info.create_time) > 0.05:
+            return False  # the pid was reused by another process
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+    except psutil.Error:
+        return False
+    return _looks_like_orchestrator(proc)
+
+
+def running_daemon(data_paths: DataPaths) -> PidInfo | None:
+    """The confirmed live daemon of this data dir, or None."""
+    info = read_pidfile(data_paths.pid_file)
+    if info is not None and process_is_ours(info):
+        return info
+    return None
+
+
+def fetch_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """GET /health; None if it does not answer with JSON."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:  # noqa: S310
+            data = json.loads(resp.read())
+            return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- stop / status
+
+
+def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
+    """Poll (with backoff) until the process is gone or a zombie."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            proc = psutil.Process(pid)
+            if (abs(proc.create_time() - create_time) > 0.05
+                    or proc.status() == psutil.STATUS_ZOMBIE):
+                return True
+        except psutil.Error:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
+def stop_daemon(config: Config, out=print) -> int:
+    """--stop: SIGTERM the confirmed daemon and wait for it to exit."""
+    data_paths = config.data_paths()
+    info = read_pidfile(data_paths.pid_file)
+    if info is None:
+        out("not running")
+        return 0
+    if not process_is_ours(info):
+        remove_pidfile(data_paths.pid_file, info.instance_id)
+        out(f"not running (removed stale pidfile naming pid {info.pid})")
+        return 0
+    try:
+        os.kill(info.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        remove_pidfile(data_paths.pid_file, info.instance_id)
+        out("not running")
+        return 0
+    wait_s = config.executor.shutdown_grace_seconds + config.executor.kill_grace_seconds + 15
+    if not _wait_gone(info.pid, info.create_time, wait_s):
+        raise ProvisioningError(
+            f"orchestrator (pid {info.pid}) did not stop within {wait_s}s",
+            hint=f"see {data_paths.daemon_log}; `kill -9 {info.pid}` loses nothing queued")
+    out(f"stopped (pid {info.pid})")
+    return 0
+
+
+def daemon_status(config: Config, out=print) -> int:
+    """--status: 0 running and answering, 1 running but not answering, 3 stopped."""
+    from provisioning.errors import EXIT_FAILED, EXIT_UNAVAILABLE
+
+    data_paths = config.data_paths()
+    info = read_pidfile(data_paths.pid_file)
+    if info is None:
+        out("stopped")
+        return EXIT_UNAVAILABLE
+    if not process_is_ours(info):
+        out(f"stopped (stale pidfile naming pid {info.pid}, which is not the orchestrator)")
+        return EXIT_UNAVAILABLE
+    health = fetch_health(info.url)
+    if health is None or health.get("instance_id") != info.instance_id:
+        out(f"running (pid {info.pid}) but not answering on {info.url}")
+        return EXIT_FAILED
+    out(f"running (pid {info.pid}, {info.url}, uptime {health.get('uptime_s', 0):.0f}s, "
+        f"instance {info.instance_id})")
+    return 0
