@@ -151,7 +151,7 @@ class Orchestrator:
     def start(self) -> None:
         from provisioning.engine.engine import Engine
         from provisioning.ops.registry import OpRegistry
-        from provisioning.orchestrator import api, auth, notify
+        from provisioning.orchestrator import auth, notify, server
         from provisioning.store.jsonfile import JsonFileStore
 
         notify.take_notify_socket()
@@ -167,7 +167,7 @@ class Orchestrator:
         token = auth.ensure_token(self.data_paths.token_file)
 
         # Bind before the engine starts (the endpoint goes into task env); serve after.
-        self.server = api.make_server(config, token=token, instance_id=self.instance_id)
+        self.server = server.make_server(config, token=token, instance_id=self.instance_id)
         self.port = self.server.server_address[1]
         endpoint = f"http://{endpoint_host(config.server.host)}:{self.port}"
         import psutil
