@@ -187,3 +187,21 @@ def test_all_problems_are_reported_at_once():
     msg = _err(_doc({"id": "a", "op": "noop", "retries": -1},
                     {"id": "b", "op": "noop", "priority": "meh"}))
     assert msg.startswith("2 problems") and "'a'" in msg and "'b'" in msg
+
+
+def test_field_graph_and_op_problems_come_in_one_report():
+    doc = {"workflow": {"name": "many"}, "tasks": [
+        {"id": "a", "op": "noop", "retries": "three"},        # a field problem
+        {"id": "b", "op": "no.such.op", "depends_on": ["a"]},  # a: given, though broken
+        {"id": "b", "op": "noop"},                             # duplicate id
+        {"id": "c", "op": "noop", "depends_on": ["ghost"]},    # missing dependency
+    ]}
+    with pytest.raises(ValidationError) as caught:
+        parse_workflow(doc, source="many.toml", registry=OpRegistry([]))
+    text = str(caught.value)
+    assert text.startswith("4 problems:")
+    assert "task 'a' field 'retries'" in text
+    assert "task 'b' field 'id': duplicate id (tasks #2 and #3)" in text
+    assert "task 'c' field 'depends_on': depends on 'ghost'" in text
+    assert "task 'b' field 'op'" in text and "no.such.op" in text
+    assert "depends on 'a'" not in text  # a task with a broken field still exists

@@ -174,15 +174,20 @@ def parse_workflow(data: Any, *, source: str = "workflow",
         errors.add("tasks", f"must be a list of tables ([[tasks]]), got {_type_name(raw_tasks)}")
         errors.raise_if_any()
 
+    # Every kind of problem in one report (fields, then graph, then ops), as an
+    # operator fixing a file expects; checks of the graph and the ops look at
+    # the tasks whose fields are fine, and know every id given.
     tasks: list[TaskSpec] = []
+    ids: list[tuple[int, str]] = []  # (index, id) of every valid-looking id given
     for index, raw in enumerate(raw_tasks):
         spec = _parse_task(raw, index, errors)
         if spec is not None:
             tasks.append(spec)
-    errors.raise_if_any()
-
-    _check_graph(tasks, errors)
-    errors.raise_if_any()
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str) \
+                and TASK_ID_RE.match(raw["id"]):
+            ids.append((index, raw["id"]))
+    fields_ok = not errors.items
+    _check_graph(tasks, ids, errors, find_cycle=fields_ok)
     _check_ops(tasks, registry, errors)
     errors.raise_if_any()
     return WorkflowSpec(name=name, tasks=tuple(tasks), max_parallel=max_parallel, kind=kind)
@@ -241,21 +246,24 @@ def _parse_task(raw: Any, index: int, errors: _Errors) -> TaskSpec | None:
                     priority=priority, retries=retries, timeout_s=timeout_s)
 
 
-def _check_graph(tasks: list[TaskSpec], errors: _Errors) -> None:
-    """Duplicate ids, missing dependencies, cycles (iterative Kahn; no recursion)."""
-    ids: dict[str, int] = {}
-    for i, t in enumerate(tasks):
-        if t.id in ids:
-            errors.add(f"task '{t.id}' field 'id'",
-                       f"duplicate id (tasks #{ids[t.id] + 1} and #{i + 1})")
+def _check_graph(tasks: list[TaskSpec], all_ids: list[tuple[int, str]], errors: _Errors, *,
+                 find_cycle: bool = True) -> None:
+    """Duplicate ids, missing dependencies, cycles (iterative Kahn; no recursion).
+    ``all_ids``: (index, id) of every id given, also of tasks whose fields are
+    wrong (so a dependency on one of those is not reported as missing)."""
+    first: dict[str, int] = {}
+    for i, tid in all_ids:
+        if tid in first:
+            errors.add(f"task '{tid}' field 'id'",
+                       f"duplicate id (tasks #{first[tid] + 1} and #{i + 1})")
         else:
-            ids[t.id] = i
+            first[tid] = i
     for t in tasks:
         for dep in t.depends_on:
-            if dep not in ids:
+            if dep not in first:
                 errors.add(f"task '{t.id}' field 'depends_on'",
                            f"depends on '{dep}', which is not a task of this workflow")
-    if errors.items:
+    if errors.items or not find_cycle:
         return
     remaining = {t.id: len(t.depends_on) for t in tasks}
     dependents: dict[str, list[str]] = {t.id: [] for t in tasks}
