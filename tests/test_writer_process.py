@@ -47,6 +47,7 @@ def gone(p: psutil.Process) -> bool:
 def test_the_daemon_writes_through_one_child_that_stops_with_it(tmp_path: Path):
     d = start_daemon(tmp_path)
     writer = wait_for(lambda: writer_of(d.pid), timeout=30, what="the writer process")
+    assert d.health()["record_writer_pid"] == writer.pid
     status, body = d.request("POST", "/workflows", SMALL)
     assert status == 202
     assert d.wait_workflow(body["workflow_id"])["status"] == "succeeded"
@@ -69,6 +70,7 @@ def test_a_killed_writer_falls_back_to_in_process_writes(tmp_path: Path):
         assert d.wait_workflow(wid)["status"] == "succeeded"
     log = (d.data_dir / "orchestrator.log").read_text()
     assert "writing records in the daemon itself" in log
+    assert d.health()["record_writer_pid"] is None  # what an operator can see
     d.kill()  # and all of it is on disk
     d2 = start_daemon(tmp_path)
     try:

@@ -320,6 +320,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             **version_info(), "uptime_s": round(time.monotonic() - self.server.started, 3),
             "port": self.server.server_address[1], "draining": self.server.draining,
             "queue": self.server.engine.stats(),
+            # None: records are written in-process (off by config, or the child died)
+            "record_writer_pid": getattr(self.server.engine.store, "writer_pid", None),
         })
 
     def h_openapi(self, route: Route, params: dict, query: dict) -> Response:

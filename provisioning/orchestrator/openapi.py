@@ -147,7 +147,10 @@ _SCHEMAS: dict[str, Any] = {
         "pid": {"type": "integer"}, "platform_version": {"type": "string"},
         "core_version": {"type": "string"}, "api_version": {"type": "string"},
         "uptime_s": {"type": "number"}, "port": {"type": "integer"},
-        "draining": {"type": "boolean"}, "queue": {"type": "object"}}},
+        "draining": {"type": "boolean"}, "queue": {"type": "object"},
+        "record_writer_pid": {"type": "integer", "nullable": True,
+                              "description": "the daemon's record-writer child; null when "
+                                             "records are written in-process"}}},
     "WorkflowDefinition": {"type": "object", "required": ["tasks"], "properties": {
         "workflow": {"type": "object", "properties": {
             "name": {"type": "string"}, "max_parallel": {"type": "integer", "minimum": 1},

@@ -340,6 +340,12 @@ class JsonFileStore(Store):
             self._start_writer()
         return ordered_wfs, ordered_tasks
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer process's pid, or None when records are written in-process."""
+        writer = self._writer
+        return writer.pid if writer is not None else None
+
     def _start_writer(self) -> None:
         try:
             self._writer = WriterProcess(self.paths.data_dir)
