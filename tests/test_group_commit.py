@@ -96,14 +96,14 @@ class GatedStore(JsonFileStore):
         self.fail_next: Exception | None = None
         self.shut_after_adds = False  # close the gate behind the next batch of new workflows
 
-    def commit_batch(self, *, adds=(), tasks=(), workflows=(), unsynced_tasks=(), events=()):
+    def commit_batch(self, *, adds=(), tasks=(), workflows=(), initial_tasks=None, events=()):
         self.entered.set()
         assert self.gate.wait(60), "test forgot to open the gate"
         if self.fail_next is not None and adds:
             error, self.fail_next = self.fail_next, None
             raise error
         super().commit_batch(adds=adds, tasks=tasks, workflows=workflows,
-                             unsynced_tasks=unsynced_tasks, events=events)
+                             initial_tasks=initial_tasks, events=events)
         if adds and self.shut_after_adds:
             self.gate.clear()
         self.calls.append({"adds": [w["id"] for w, _ in adds],

@@ -112,10 +112,15 @@ def test_the_writer_child_used_directly(tmp_path: Path):
     writer = WriterProcess(paths.data_dir)
     try:
         wf, task = _records("11111111-1111-4111-8111-111111111111")
-        writer.commit_batch(adds=[(wf, [])], unsynced_tasks=[task],
+        writer.commit_batch(adds=[(wf, [])],
                             events=[(wf["id"], {"seq": 1, "type": "workflow"})])
         assert json.loads((paths.workflows_dir / f"{wf['id']}.json").read_text())["id"] == wf["id"]
-        assert json.loads((paths.queue_dir / f"{task['key']}.json").read_text())["id"] == "a"
+        assert not (paths.queue_dir / f"{task['key']}.json").exists()
+        # The first task files of a committed workflow are made from its spec.
+        writer.commit_batch(initial_tasks={wf["id"]: ["a"]})
+        first = json.loads((paths.queue_dir / f"{task['key']}.json").read_text())
+        assert (first["id"], first["status"], first["seq"], first["op"]) == ("a", "queued", 1,
+                                                                            "noop")
         assert JsonFileStore(paths).load_events(wf["id"]) == [{"seq": 1, "type": "workflow"}]
         # An error in the child comes back as the store's error, and the child lives on.
         with pytest.raises(RuntimeError, match="ValueError: task key '../escape.a'"):
@@ -136,7 +141,7 @@ def test_storage_full_in_the_child_is_storage_full_in_the_daemon(tmp_path: Path)
         def commit_batch(self, **_):
             raise StorageFull("no space left for the queue in X", hint="free space")
 
-    reply = _commit(Full(), {"adds": [], "tasks": [], "workflows": [], "unsynced": [],
+    reply = _commit(Full(), {"adds": [], "tasks": [], "workflows": [], "initial": {},
                              "events": []})
     assert reply == {"error": "full", "message": "no space left for the queue in X",
                      "hint": "free space"}
@@ -150,5 +155,25 @@ def test_writer_process_false_writes_in_the_daemon(tmp_path: Path):
         assert d.wait_workflow(body["workflow_id"])["status"] == "succeeded"
         assert writer_of(d.pid) is None
         assert (d.data_dir / "workflows" / f"{body['workflow_id']}.json").exists()
+    finally:
+        d.stop()
+
+
+def test_a_queued_task_gets_its_file_soon_after_the_submission(tmp_path: Path):
+    d = start_daemon(tmp_path, executor={"max_concurrent_tasks": 1, "shutdown_grace_seconds": 1,
+                                         "kill_grace_seconds": 1})
+    try:
+        status, body = d.request("POST", "/workflows", {
+            "workflow": {"name": "parked"}, "tasks": [
+                {"id": "block", "op": "shell.run", "params": {"argv": ["sleep", "600"]}},
+                {"id": "later", "op": "noop", "depends_on": ["block"]}]})
+        assert status == 202
+        task_file = d.data_dir / "queue" / f"{body['workflow_id']}.later.json"
+        # written by the writer from the workflow's spec, ~1 s after the commit
+        wait_for(task_file.exists, timeout=30, what="the queued task's first file")
+        record = json.loads(task_file.read_text())
+        assert record["status"] == "queued" and record["depends_on"] == ["block"]
+        d.request("POST", f"/workflows/{body['workflow_id']}/cancel")
+        d.wait_workflow(body["workflow_id"], ("cancelled",))
     finally:
         d.stop()

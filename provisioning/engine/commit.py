@@ -24,7 +24,8 @@ so the engine may keep changing its dicts.
 
 A new workflow's commit point is its workflow file, which holds its spec:
 the submitter waits for that file alone. Its task files follow about
-INITIAL_DELAY later, without fsync (``unsynced_tasks``): after a crash,
+INITIAL_DELAY later, without fsync (``initial_tasks``: the store makes
+them from the workflow file, so the daemon copies nothing): after a crash,
 load() rebuilds a missing or torn one from the spec as queued, which is all
 it said. So a submission of N tasks costs one fsynced file on the
 submitter's path, and a task claimed within that delay (the common case for
@@ -70,7 +71,7 @@ class Ticket:
         self.adds: list[tuple[Record, list[Record]]] = []  # new workflows, their tasks
         self.tasks: dict[str, Record] = {}  # key -> snapshot
         self.workflows: dict[str, Record] = {}  # id -> snapshot
-        self.unsynced: dict[str, Record] = {}  # key -> first version of a new task
+        self.unsynced: dict[str, None] = {}  # keys of new tasks whose first file is due
         self.events: list[tuple[str, Record]] = []  # (workflow id, event), in order
         self.done = False
         self.error: BaseException | None = None
@@ -94,8 +95,9 @@ class RecordWriter:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._inline_lock = threading.Lock()  # inline writes from several threads
-        # First versions of new tasks' files, written unsynced once due (lock: _cv).
-        self._initial: dict[str, Record] = {}
+        # Keys of new tasks whose first file is to be written, unsynced, once due
+        # (lock: _cv); a newer version handed over first removes its key.
+        self._initial: dict[str, None] = {}
         self._initial_due = 0.0
 
     # -- handing over writes (any thread; the engine's lock usually held) ----
@@ -239,7 +241,7 @@ class RecordWriter:
             self.store.commit_batch(adds=[(wf, []) for wf, _ in batch.adds],
                                     tasks=list(batch.tasks.values()),
                                     workflows=list(batch.workflows.values()),
-                                    unsynced_tasks=list(batch.unsynced.values()),
+                                    initial_tasks=_by_workflow(batch.unsynced),
                                     events=batch.events)
         except Exception as e:
             log.error("could not write %d task and %d workflow records, %d new workflows: %s",
@@ -257,15 +259,15 @@ class RecordWriter:
             self._initial_due = time.monotonic() + INITIAL_DELAY
         for _, tasks in batch.adds:
             for task in tasks:
-                self._initial[task["key"]] = _copy(task)
+                self._initial[task["key"]] = None
 
     def _take_initial(self, ticket: Ticket) -> None:
         """Move the due first versions into ``ticket`` (lock held)."""
         if not self._initial:
             return
-        for key, rec in self._initial.items():
+        for key in self._initial:
             if key not in ticket.tasks:
-                ticket.unsynced[key] = rec
+                ticket.unsynced[key] = None
         self._initial = {}
         self._kick(ticket)
 
@@ -275,9 +277,9 @@ class RecordWriter:
         submitters got the error and nothing was acknowledged."""
         for key, rec in failed.tasks.items():
             self._open.tasks.setdefault(key, rec)
-        for key, rec in failed.unsynced.items():
+        for key in failed.unsynced:
             if key not in self._open.tasks:
-                self._open.unsynced.setdefault(key, rec)
+                self._open.unsynced[key] = None
         self._open.events[:0] = failed.events  # still in order, ahead of newer ones
         for wid, rec in failed.workflows.items():
             self._open.workflows.setdefault(wid, rec)
@@ -289,3 +291,12 @@ def _copy(record: Record) -> Record:
     # Records are JSON documents: a JSON round trip is a deep copy (and proves
     # the record can be written) at C speed.
     return json.loads(json.dumps(record))
+
+
+def _by_workflow(keys: dict[str, None]) -> dict[str, list[str]]:
+    """Task keys ("<workflow id>.<task id>"; neither has a dot) by workflow."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        workflow_id, _, task_id = key.partition(".")
+        out.setdefault(workflow_id, []).append(task_id)
+    return out

@@ -119,16 +119,16 @@ class JsonFileStore(Store):
 
     def commit_batch(self, *, adds: list[tuple[Record, list[Record]]] = (),
                      tasks: list[Record] = (), workflows: list[Record] = (),
-                     unsynced_tasks: list[Record] = (),
+                     initial_tasks: dict[str, list[str]] | None = None,
                      events: list[tuple[str, dict[str, Any]]] = ()) -> None:
         """One group commit: new workflows (``adds``) plus replaced task and
         workflow records, durable on return.
 
-        ``unsynced_tasks`` are written first, atomically but without any
-        fsync: the first files of tasks whose workflow file is already
-        durable (its spec is what load() rebuilds a missing or torn one from,
-        as queued, which is what they say). The engine's committer hands over
-        a new workflow's task files that way, after the workflow's commit.
+        ``initial_tasks`` ``{workflow_id: [task_id, ...]}``: the first files of
+        tasks whose workflow file is already durable, made from its spec
+        (exactly as load() rebuilds a missing one: queued) and written first,
+        atomically but without any fsync. The engine's committer has a new
+        workflow's task files written that way, after the workflow's commit.
 
         ``events`` ``(workflow_id, event)`` are appended to the event logs
         once the records are durable, so a log never runs ahead of the
@@ -156,14 +156,14 @@ class JsonFileStore(Store):
         if self._writer is not None:
             try:
                 self._writer.commit_batch(adds=adds, tasks=tasks, workflows=workflows,
-                                          unsynced_tasks=unsynced_tasks, events=events)
+                                          initial_tasks=initial_tasks, events=events)
                 return
             except WriterDied as e:  # redo the whole batch here: every write is idempotent
                 log.error("%s; writing records in the daemon itself from now on", e)
                 writer, self._writer = self._writer, None
                 writer.close(timeout=5)
         self._commit_batch_here(adds=adds, tasks=tasks, workflows=workflows,
-                                unsynced_tasks=unsynced_tasks)
+                                initial_tasks=initial_tasks)
         if events:
             self._append_batch_events(events)
 
@@ -184,7 +184,7 @@ class JsonFileStore(Store):
 
     def _commit_batch_here(self, *, adds: list[tuple[Record, list[Record]]] = (),
                            tasks: list[Record] = (), workflows: list[Record] = (),
-                           unsynced_tasks: list[Record] = ()) -> None:
+                           initial_tasks: dict[str, list[str]] | None = None) -> None:
         task_files: list[tuple[Path, Record]] = []
         wf_files: list[tuple[Path, Record]] = []
         for workflow, new_tasks in adds:
@@ -202,7 +202,7 @@ class JsonFileStore(Store):
         for workflow in workflows:
             wid = records.check_id(workflow.get("id"), "workflow id")
             wf_files.append((self._workflow_file(wid), workflow))
-        unsynced = [(self._task_file(self._checked_key(t)), t) for t in unsynced_tasks]
+        unsynced = self._initial_files(initial_tasks or {})
         published: list[Path] = []
         try:
             with storage_errors(self.paths.data_dir):
@@ -351,6 +351,25 @@ class JsonFileStore(Store):
             self._writer = WriterProcess(self.paths.data_dir)
         except OSError as e:  # only an optimisation: write in-process
             log.warning("cannot start the record writer process (%s); writing in-process", e)
+
+    def _initial_files(self, initial: dict[str, list[str]]) -> list[tuple[Path, Record]]:
+        """(path, record) of the first versions of these tasks, from their
+        workflow files (committed before); a workflow that cannot be read is
+        skipped: load() rebuilds its tasks the same way."""
+        files: list[tuple[Path, Record]] = []
+        for workflow_id, task_ids in initial.items():
+            try:
+                wf = fsutil.read_json(self._workflow_file(records.check_id(workflow_id,
+                                                                           "workflow id")))
+                position = {tid: i for i, tid in enumerate(wf["task_ids"])}
+                specs = {t["id"]: t for t in wf["spec"]["tasks"]}
+                for tid in task_ids:
+                    task = self._rebuild_task(wf, specs[tid], position[tid])
+                    files.append((self._task_file(task["key"]), task))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("not writing the first task files of workflow %s now (%s); "
+                            "they are rebuilt from its spec at the next start", workflow_id, e)
+        return files
 
     def _rebuild_task(self, wf: Record, spec: dict[str, Any], index: int) -> Record:
         # The engine numbers a submission's tasks seq s+1..s+n and the workflow

@@ -14,7 +14,8 @@ StorageFull for a full disk, OSError otherwise), because the child runs
 exactly that method on its own JsonFileStore. Frames on the child's
 stdin/stdout: a 4-byte big-endian length, then JSON. Request
 ``{"adds": [[workflow, tasks], ...], "tasks": [...], "workflows": [...],
-"unsynced": [...], "events": [[workflow_id, event], ...]}``; reply
+"initial": {workflow_id: [task_id, ...]}, "events": [[workflow_id, event], ...]}``;
+reply
 ``{"ok": true}`` or ``{"error": "full"|"os"|"other", ...}``.
 
 Lifetime: the child exits at the end of its stdin, when the daemon closes
@@ -89,11 +90,11 @@ class WriterProcess:
 
     def commit_batch(self, *, adds: list[tuple[Record, list[Record]]] = (),
                      tasks: list[Record] = (), workflows: list[Record] = (),
-                     unsynced_tasks: list[Record] = (),
+                     initial_tasks: dict[str, list[str]] | None = None,
                      events: list[tuple[str, dict[str, Any]]] = ()) -> None:
         request = json.dumps({"adds": [[w, t] for w, t in adds], "tasks": list(tasks),
                               "workflows": list(workflows),
-                              "unsynced": list(unsynced_tasks),
+                              "initial": initial_tasks or {},
                               "events": [[w, e] for w, e in events]},
                              separators=(",", ":")).encode()
         with self._lock:
@@ -192,7 +193,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _commit(store, request: dict[str, Any]) -> dict[str, Any]:
     try:
         store.commit_batch(adds=[(w, t) for w, t in request["adds"]], tasks=request["tasks"],
-                           workflows=request["workflows"], unsynced_tasks=request["unsynced"],
+                           workflows=request["workflows"], initial_tasks=request["initial"],
                            events=[(w, e) for w, e in request["events"]])
     except StorageFull as e:
         return {"error": "full", "message": e.message, "hint": e.hint}
