@@ -52,8 +52,10 @@ class NullStore(Store):
 class InstantEngine(Engine):
     """Every claimed task succeeds at once: the scheduler's own cost, no processes."""
 
-    _instant: list = []
-    _starting = False
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._instant: list[tuple[str, int]] = []  # claimed, to complete at once
+        self._starting = False
 
     def _spawn(self, flow, task, argv, *_gate):  # newer engines pass a ticket too
         self._instant.append((task["key"], self._lease_seq))
@@ -105,7 +107,6 @@ def main() -> None:
                                       "PROVISIONING_EXECUTOR_MAX_CONCURRENT_TASKS": "10"})
 
         engine = InstantEngine(NullStore(root), config)
-        engine._instant = []
         t0 = time.perf_counter()
         spec = load_workflow_file(f, registry=engine.registry)
         load_s = time.perf_counter() - t0

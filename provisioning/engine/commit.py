@@ -130,10 +130,15 @@ class RecordWriter:
     def append_event(self, workflow_id: str, event: Record) -> None:
         """Queue an event-log line; it is appended once the records handed over
         with or before it are durable (never ahead of them). The event is not
-        copied: the engine never changes an event once made."""
-        if not self.batched or self._closed:
-            with self._inline_lock:
+        copied: the engine never changes an event once made. Never raises:
+        a batch logs an append that fails (events are derived from records)."""
+        if not self.batched:
+            with self._inline_lock:  # MemoryStore: a list append
                 self.store.append_event(workflow_id, event)
+            return
+        if self._closed:  # after shutdown: a batch of its own, at once
+            with self._inline_lock:
+                self.store.commit_batch(events=[(workflow_id, event)])
             return
         with self._cv:
             ticket = self._open
@@ -252,9 +257,9 @@ class RecordWriter:
 
     def _follow_adds(self, batch: Ticket) -> None:
         """The task files of the workflows ``batch`` committed are written
-        INITIAL_DELAY later. Called before their submitters are released, so
-        the records are still unchanged and any newer version is handed over
-        later (and replaces it, see _queue_record). Lock held."""
+        INITIAL_DELAY later (their keys are kept; the store makes the records).
+        Called before their submitters are released, so any newer version of
+        a task is handed over later and drops its key (_queue_record). Lock held."""
         if not self._initial:
             self._initial_due = time.monotonic() + INITIAL_DELAY
         for _, tasks in batch.adds:
@@ -262,7 +267,7 @@ class RecordWriter:
                 self._initial[task["key"]] = None
 
     def _take_initial(self, ticket: Ticket) -> None:
-        """Move the due first versions into ``ticket`` (lock held)."""
+        """Move the keys of the due first files into ``ticket`` (lock held)."""
         if not self._initial:
             return
         for key in self._initial:

@@ -81,7 +81,6 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
         self._draining = False
         self._stopping = False
         self._started = False
-        self._event_write_failed = False  # the event log could not be appended to
         self._thread: threading.Thread | None = None
         self._next_incoming = 0.0
         self._base_env: dict[str, str] | None = None  # clean_env({}), once per start
@@ -354,7 +353,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
 
     def _view(self, flow: _Flow, with_tasks: bool = True) -> dict[str, Any]:
         pids = {t["id"]: self._live_pid(t) for t in flow.tasks.values()
-                if with_tasks and t["status"] == "running"}
+                if t["status"] == "running"} if with_tasks else None
         return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks,
                                live_pids=pids)
 

@@ -145,15 +145,14 @@ class FlowIndex:
     # -- record writes (lock held): handed to the group committer ------------
 
     def _save_task(self, task: dict[str, Any]) -> Ticket:
-        ticket = self._writer.save_task(task)
-        flow = self._flows.get(task["workflow_id"])
-        if flow is not None:
-            flow.written = ticket
-        return ticket
+        return self._written(task["workflow_id"], self._writer.save_task(task))
 
     def _save_workflow(self, wrec: dict[str, Any]) -> Ticket:
-        ticket = self._writer.save_workflow(wrec)
-        flow = self._flows.get(wrec["id"])
+        return self._written(wrec["id"], self._writer.save_workflow(wrec))
+
+    def _written(self, workflow_id: str, ticket: Ticket) -> Ticket:
+        """Remember ``ticket`` as the workflow's latest write (its read barrier)."""
+        flow = self._flows.get(workflow_id)
         if flow is not None:
             flow.written = ticket
         return ticket

@@ -12,11 +12,10 @@ from typing import Any
 from provisioning.engine import records as R
 from provisioning.engine.executor import TaskOutcome
 from provisioning.engine.flows import _Flow, _Running
-from provisioning.errors import ProvisioningError
 
 log = logging.getLogger("provisioning.engine")
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 60.0
-UNRECORDED = "unrecorded"  # stop reason: the claim never reached the disk
+UNRECORDED = "unrecorded"  # stop reason: what it waited for could not be written
 UNRECORDED_RETRY_S = 2.0  # then start it again after this pause (disk full)
 # A task's pid is written this long after its claim if it still runs. A
 # shorter task never costs that write (its completion record replaces it):
@@ -257,20 +256,9 @@ class TaskTransitions:
         event = {"seq": len(flow.events) + 1, "ts": time.time(), "type": kind, "task": task_id,
                  "status": status, "progress": progress, "message": message}
         flow.events.append(event)
-        try:
-            self._writer.append_event(flow.rec["id"], event)  # inline, or with the next batch
-        except (ProvisioningError, OSError) as e:
-            # The event log is derived from the records (which are written, or
-            # retried, on their own): a full disk must not break a transition
-            # half-way, nor fail a submission that is already committed. The
-            # event stays in memory; the file misses it. Said once per outage.
-            if not self._event_write_failed:
-                self._event_write_failed = True
-                log.error("cannot append to the event log of workflow %s: %s "
-                          "(events are kept in memory; said once until it works again)",
-                          flow.rec["id"], e)
-        else:
-            self._event_write_failed = False
+        # With the next batch: never raises, so a full disk cannot break a
+        # transition half-way nor fail a submission already committed.
+        self._writer.append_event(flow.rec["id"], event)
         if flow.event_waiters is not None:
             flow.event_waiters.notify_all()
 

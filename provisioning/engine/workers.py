@@ -41,10 +41,6 @@ class TaskThreads:
                              daemon=True).start()
         self._jobs.put(job)
 
-    @property
-    def size(self) -> int:
-        return self._count
-
     def _work(self) -> None:
         while True:
             job = self._jobs.get()

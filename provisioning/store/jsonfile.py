@@ -132,19 +132,18 @@ class JsonFileStore(Store):
 
         ``events`` ``(workflow_id, event)`` are appended to the event logs
         once the records are durable, so a log never runs ahead of the
-        records; an append that fails (disk full) is logged, never raised:
-        the records are written, and events are derived from them.
+        records; an append that fails (disk full) is logged once per outage,
+        never raised: the records are written, and events are derived from
+        them (the one place that decides this for the engine's events).
 
         Each file is written to a temp file, fsynced and renamed into place
         (fsyncs in parallel, see fileio.replace_many): first every task file,
         then every workflow file; then queue/ and workflows/ are fsynced ONCE
         each for the whole batch. So a batch costs its file fsyncs
-        (overlapping) plus the directory fsyncs. When the batch replaces
-        workflow records (a status change), queue/ is fsynced before they
-        are renamed, so a workflow's new status never becomes durable before
-        the task records written with it (a workflow marked succeeded always
-        has its tasks' completions on disk). New workflows need no such
-        fence: load() repairs a workflow file without its task files.
+        (overlapping) plus the directory fsyncs. queue/ is fsynced before
+        any workflow file is renamed, so a workflow's new status never
+        becomes durable before the task records written with it (a workflow
+        marked succeeded always has its tasks' completions on disk).
 
         On any error (StorageFull included) the temp files are removed and so
         are the files of ``adds`` already renamed (no half-added workflow is
@@ -185,8 +184,11 @@ class JsonFileStore(Store):
     def _commit_batch_here(self, *, adds: list[tuple[Record, list[Record]]] = (),
                            tasks: list[Record] = (), workflows: list[Record] = (),
                            initial_tasks: dict[str, list[str]] | None = None) -> None:
-        task_files: list[tuple[Path, Record]] = []
-        wf_files: list[tuple[Path, Record]] = []
+        # New records (adds) and replaced ones apart: new files never take a
+        # recycled inode, so on a full disk a new submission fails (507) while
+        # the spares still let accepted work record its transitions.
+        new_task_files: list[tuple[Path, Record]] = []
+        new_wf_files: list[tuple[Path, Record]] = []
         for workflow, new_tasks in adds:
             wid = records.check_id(workflow.get("id"), "workflow id")
             for task in new_tasks:
@@ -194,35 +196,25 @@ class JsonFileStore(Store):
                 key = task.get("key")
                 if key != task_key(wid, task["id"]) or task.get("workflow_id") != wid:
                     raise ValueError(f"task {key!r} does not belong to workflow {wid!r}")
-                task_files.append((self._task_file(key), task))
-            wf_files.append((self._workflow_file(wid), workflow))
-        created = {path for path, _ in task_files} | {path for path, _ in wf_files}
-        for task in tasks:
-            task_files.append((self._task_file(self._checked_key(task)), task))
-        for workflow in workflows:
-            wid = records.check_id(workflow.get("id"), "workflow id")
-            wf_files.append((self._workflow_file(wid), workflow))
+                new_task_files.append((self._task_file(key), task))
+            new_wf_files.append((self._workflow_file(wid), workflow))
+        created = {path for path, _ in new_task_files + new_wf_files}
+        task_files = [(self._task_file(self._checked_key(t)), t) for t in tasks]
+        wf_files = [(self._workflow_file(records.check_id(w.get("id"), "workflow id")), w)
+                    for w in workflows]
         unsynced = self._initial_files(initial_tasks or {})
         published: list[Path] = []
         try:
             with storage_errors(self.paths.data_dir):
                 if unsynced:
                     replace_many(unsynced, [], sync=False)
+                replace_many(new_task_files, published)
                 replace_many(task_files, published, self._spares)
-                queue_synced = False
-                if workflows and task_files:
-                    fsutil.fsync_dir(self.paths.queue_dir)  # tasks before a workflow status
-                    queue_synced = True
-                # New workflows get new files, never a recycled inode: on a
-                # full disk a new submission fails (507) while the spares
-                # still let accepted work record its transitions.
-                new_wf_files = [f for f in wf_files if f[0] in created]
-                replace_many(new_wf_files, published)
-                replace_many([f for f in wf_files if f[0] not in created], published,
-                             self._spares)
-                if task_files and not queue_synced:
+                if new_task_files or task_files:  # tasks durable before any workflow file
                     fsutil.fsync_dir(self.paths.queue_dir)
-                if wf_files:
+                replace_many(new_wf_files, published)
+                replace_many(wf_files, published, self._spares)
+                if new_wf_files or wf_files:
                     fsutil.fsync_dir(self.paths.workflows_dir)
         except BaseException:
             # Workflow files first, so no task is an orphan for a moment longer than needed.
