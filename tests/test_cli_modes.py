@@ -164,8 +164,7 @@ def tripwire(cold):  # noqa: F811
                                   ("server", "list", "--json")])
 def test_read_only_commands_never_contact_the_daemon(cold, tripwire, argv):  # noqa: F811
     result = run_cli(*argv)
-    if "not available in this build" in result.stderr:
-        pytest.skip("server commands not in this build yet")
+    assert result.returncode == 0, result.stderr
     assert not tripwire(), f"{argv} connected to the orchestrator endpoint"
     assert daemon_processes(cold.data_dir) == []
     assert not (cold.data_dir / "orchestrator.pid").exists()
@@ -204,8 +203,6 @@ DEMO_INFRA = REPO / "examples" / "infra" / "demo"
 
 @pytest.fixture
 def demo_infra(cold):  # noqa: F811
-    if not (DEMO_INFRA / "settings.toml").is_file():
-        pytest.skip("examples/infra/demo not in this tree")
     yield str(DEMO_INFRA)
     listed = run_cli("--json", "server", "list")
     for server in json.loads(listed.stdout or "[]"):

@@ -22,10 +22,9 @@ from provisioning.config import load_config
 from provisioning.engine import records as R
 from provisioning.engine.engine import Engine
 from provisioning.engine.loader import parse_workflow
+from provisioning.store import jsonfile
 from provisioning.store.memory import MemoryStore
 from tests.conftest import wait_for
-
-jsonfile = pytest.importorskip("provisioning.store.jsonfile")
 
 # Side effect first, then the checkpoint that says "done" (PROVISIONING_CHECKPOINT).
 STEP_OP = r'''

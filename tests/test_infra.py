@@ -9,7 +9,7 @@ import pytest
 
 from provisioning.errors import UsageError, ValidationError
 from provisioning.ops.infra import find_workspace, load_infra, resolve_infra
-from provisioning.ops.workflows import build_workflow
+from provisioning.planner import build_workflow
 from tests.conftest import REPO, run_cli
 
 EXAMPLE = REPO / "examples" / "infra" / "demo"

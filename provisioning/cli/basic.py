@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import click
 
+from provisioning import paths
 from provisioning.cli.context import AppContext
+from provisioning.cli.modes import describe_modes
 from provisioning.errors import UsageError
+from provisioning.versions import format_versions, version_info
 
 
 @click.command("version")
 @click.pass_obj
 def version_cmd(app: AppContext) -> None:
     """Show core, platform and API versions."""
-    from provisioning.versions import format_versions
-
     click.echo(format_versions(app.json_output), nl=False)
 
 
@@ -39,9 +40,6 @@ def help_cmd(ctx: click.Context, command: tuple[str, ...]) -> None:
 @click.pass_obj
 def env_cmd(app: AppContext) -> None:
     """Show the resolved mode, endpoint, data dir, lib dirs and config files."""
-    from provisioning import paths
-    from provisioning.versions import version_info
-
     cfg = app.config
     info = {
         "mode": app.mode or cfg.execution.default_mode,
@@ -56,12 +54,7 @@ def env_cmd(app: AppContext) -> None:
                          "fallback_to_direct": cfg.orchestrator.fallback_to_direct},
         **version_info(),
     }
-    try:
-        from provisioning.cli.modes import describe_modes
-    except ImportError:
-        pass
-    else:
-        info["commands"] = describe_modes(app)
+    info["commands"] = describe_modes(app)
     if app.json_output:
         app.emit_json(info)
         return

@@ -52,29 +52,13 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            return _not_yet(name)
-        return getattr(module, attr)
+        return getattr(importlib.import_module(module_name), attr)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Listing commands must not import every module: use the static help.
         rows = [(name, SHORT_HELP.get(name, "")) for name in COMMANDS]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
-
-
-def _not_yet(name: str) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def stub(args: tuple[str, ...]) -> None:
-        raise ProvisioningError(f"command '{name}' is not available in this build",
-                                exit_code=EXIT_USAGE)
-
-    return stub
 
 
 def _set_mode(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -33,7 +33,7 @@ def run_business(app: AppContext, kind: str, infra: str | None, params: dict[str
     from provisioning.cli.modes import execute
     from provisioning.errors import UsageError
     from provisioning.ops.infra import resolve_infra
-    from provisioning.ops.workflows import build_workflow
+    from provisioning.planner import build_workflow
 
     try:
         ref: str = str(resolve_infra(infra))

@@ -1,6 +1,6 @@
 """Clusters: a named set of servers of an infra with their taskservs.
 
-`cluster create` is normally a workflow (workflows.build_workflow): servers
+`cluster create` is normally a workflow (planner.build_workflow): servers
 in parallel, then each server's taskservs in `requires` order, then
 `cluster.check`. The `cluster.create` op does the same steps in one process
 for workflow files that ask for it by name.

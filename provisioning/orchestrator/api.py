@@ -338,13 +338,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         op_params = body.get("params", {})
         if not isinstance(op_params, dict):
             raise HttpError(400, f"'params' must be an object, got {_json_type(op_params)}")
-        try:
-            from provisioning.ops.workflows import build_workflow
-        except ImportError as e:
-            if e.name and e.name.startswith("provisioning.ops"):
-                raise HttpError(501, f"{route.path} is not available in this build "
-                                "(no business-logic workflows installed)") from None
-            raise
+        from provisioning.planner import build_workflow
+
         spec = build_workflow(KIND_ROUTES[route.path], infra, op_params)
         return self._submitted(self.server.engine.submit(spec))
 

@@ -91,10 +91,8 @@ def is_loopback(host: str) -> bool:
 
 def check_data_dir_fs(config: Config) -> None:
     """Refuse a network filesystem (flock is unreliable there), via store.fscheck."""
-    try:
-        from provisioning.store import fscheck
-    except ImportError:
-        return
+    from provisioning.store import fscheck
+
     fscheck.check_data_dir(config.data_paths().data_dir,
                            allow_network_fs=config.storage.allow_network_fs)
 
