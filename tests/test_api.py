@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.orchestrator.api import ROUTES
+from provisioning.orchestrator.endpoints import ROUTES
 from tests.conftest import wait_for
 from tests.daemon_fixture import start_daemon
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from provisioning.orchestrator.api import ROUTES
+from provisioning.orchestrator.endpoints import ROUTES
 from provisioning.orchestrator.openapi import openapi_document
 from tests.daemon_fixture import start_daemon
 

@@ -1,11 +1,12 @@
-"""The HTTP API (DESIGN.md 5) on the standard library's ThreadingHTTPServer.
+"""The HTTP API's request pipeline (DESIGN.md 5) on the stdlib's BaseHTTPRequestHandler.
 
 Every request passes, in order: exact Host check (421), Origin check (403),
 routing (404/405), bearer token (401), body limits (411/413/415) and JSON
-validation (400) before the engine sees it. Responses are JSON with a
-Content-Length (keep-alive clients never hang), errors are `{"error": ...}`.
-Anything unexpected is logged with its traceback to the daemon log and
-answered 500 `{"error": "internal error"}`: no input may reach that path.
+validation (400) before its endpoint (endpoints.py) sees it. Responses are
+JSON with a Content-Length (keep-alive clients never hang), errors are
+`{"error": ...}`. Anything unexpected is logged with its traceback to the
+daemon log and answered 500 `{"error": "internal error"}`: no input may
+reach that path.
 
 Slow clients: each connection has a socket timeout
 (server.request_timeout_seconds) and at most server.max_connections are
@@ -17,9 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import time
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -27,84 +25,20 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from provisioning.errors import ProvisioningError, http_status_of
 from provisioning.orchestrator import auth
+from provisioning.orchestrator.endpoints import ROUTES, Call, Response, Route
+from provisioning.orchestrator.validate import (
+    MAX_JSON_DEPTH,
+    TASK_KEY_RE,
+    HttpError,
+    reject_constant,
+    too_deep,
+)
+from provisioning.versions import PLATFORM_VERSION
 
 if TYPE_CHECKING:
     from provisioning.orchestrator.server import OrchestratorServer
 
 log = logging.getLogger("provisioning.orchestrator.api")
-
-WORKFLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-TASK_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MAX_EVENTS_WAIT_S = 30.0
-LOG_CHUNK_BYTES = 1024 * 1024
-MAX_TEXT = 4096  # progress messages, infra names
-MAX_JSON_DEPTH = 64  # deeper documents would hit recursion limits later, in the engine
-WORKFLOW_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped")
-
-# POST /workflows/<area>/<verb> -> the business-logic workflow kind
-KIND_ROUTES = {
-    "/workflows/servers/create": "server.create",
-    "/workflows/servers/delete": "server.delete",
-    "/workflows/taskserv/create": "taskserv.create",
-    "/workflows/cluster/create": "cluster.create",
-}
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str  # OpenAPI template, e.g. /workflows/{workflow_id}
-    handler: str
-    auth: str = "admin"  # admin | none | task (admin or the task's own token)
-    query: tuple[str, ...] = ()
-    segments: tuple[str, ...] = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "segments", tuple(self.path.strip("/").split("/")))
-
-    def match(self, parts: list[str]) -> dict[str, str] | None:
-        if len(parts) != len(self.segments):
-            return None
-        params = {}
-        for want, got in zip(self.segments, parts, strict=True):
-            if want.startswith("{"):
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        return params
-
-
-ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", "health", auth="none"),
-    Route("GET", "/openapi.json", "openapi"),
-    *(Route("POST", path, "submit_kind") for path in KIND_ROUTES),
-    Route("POST", "/workflows", "submit_definition"),
-    Route("GET", "/workflows", "list_workflows", query=("status",)),
-    Route("GET", "/workflows/{workflow_id}", "get_workflow"),
-    Route("POST", "/workflows/{workflow_id}/cancel", "cancel"),
-    Route("POST", "/workflows/{workflow_id}/retry", "retry"),
-    Route("GET", "/workflows/{workflow_id}/events", "events", query=("after", "timeout")),
-    Route("GET", "/tasks/{task_key}", "get_task"),
-    Route("GET", "/tasks/{task_key}/log", "task_log", query=("offset",)),
-    Route("POST", "/tasks/{task_key}/progress", "progress", auth="task"),
-)
-
-
-@dataclass
-class Response:
-    status: int
-    body: Any  # dict/list -> JSON; bytes -> as is
-    content_type: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _send_all_json(obj: Any) -> bytes:
@@ -119,8 +53,6 @@ class ApiHandler(BaseHTTPRequestHandler):
     server: OrchestratorServer
 
     def version_string(self) -> str:
-        from provisioning.versions import PLATFORM_VERSION
-
         return f"provisioning-orchestrator/{PLATFORM_VERSION}"
 
     def setup(self) -> None:
@@ -218,7 +150,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._authenticate(route, params)
         if self.server.engine is None:
             raise HttpError(503, "starting up; retry shortly")
-        return getattr(self, "h_" + route.handler)(route, params, query)
+        return route.handler(Call(route, self.server, params, query, self._read_json))
 
     def _route(self, raw_path: str) -> tuple[Route, dict[str, str]]:
         if not raw_path.startswith("/") or len(raw_path) > 1024:
@@ -299,197 +231,11 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise HttpError(400, "body shorter than Content-Length")
         try:
-            data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=reject_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise HttpError(400, f"malformed JSON body: {str(e)[:200]}") from None
         if not isinstance(data, dict):
             raise HttpError(400, f"the body must be a JSON object, got {type(data).__name__}")
-        if _too_deep(data, MAX_JSON_DEPTH):
+        if too_deep(data, MAX_JSON_DEPTH):
             raise HttpError(400, f"JSON body nested deeper than {MAX_JSON_DEPTH} levels")
         return data
-
-    # --- routes -------------------------------------------------------------
-
-    def h_health(self, route: Route, params: dict, query: dict) -> Response:
-        import os
-
-        from provisioning.versions import version_info
-
-        return Response(200, {
-            "status": "healthy", "instance_id": self.server.instance_id, "pid": os.getpid(),
-            **version_info(), "uptime_s": round(time.monotonic() - self.server.started, 3),
-            "port": self.server.server_address[1], "draining": self.server.draining,
-            "queue": self.server.engine.stats(),
-            # None: records are written in-process (off by config, or the child died)
-            "record_writer_pid": getattr(self.server.engine.store, "writer_pid", None),
-        })
-
-    def h_openapi(self, route: Route, params: dict, query: dict) -> Response:
-        from provisioning.orchestrator.openapi import openapi_document
-
-        return Response(200, openapi_document(self.server.server_address[1]))
-
-    def h_submit_kind(self, route: Route, params: dict, query: dict) -> Response:
-        body = self._read_json()
-        _only_fields(body, ("infra", "params"))
-        infra = body.get("infra")
-        if not isinstance(infra, str) or not infra.strip() or len(infra) > 256:
-            raise HttpError(400, "'infra' must be a non-empty string (at most 256 characters)")
-        op_params = body.get("params", {})
-        if not isinstance(op_params, dict):
-            raise HttpError(400, f"'params' must be an object, got {_json_type(op_params)}")
-        from provisioning.planner import build_workflow
-
-        spec = build_workflow(KIND_ROUTES[route.path], infra, op_params)
-        return self._submitted(self.server.engine.submit(spec))
-
-    def h_submit_definition(self, route: Route, params: dict, query: dict) -> Response:
-        from provisioning.engine.loader import parse_workflow
-
-        body = self._read_json()
-        spec = parse_workflow(body, source="request body", registry=self.server.registry)
-        return self._submitted(self.server.engine.submit(spec))
-
-    @staticmethod
-    def _submitted(view: dict[str, Any]) -> Response:
-        return Response(202, {"workflow_id": view["workflow_id"],
-                              "status": view.get("status", "queued")},
-                        headers={"Location": f"/workflows/{view['workflow_id']}"})
-
-    def h_list_workflows(self, route: Route, params: dict, query: dict) -> Response:
-        status = query.get("status") or None
-        if status is not None and status not in WORKFLOW_STATUSES:
-            raise HttpError(400, f"status must be one of {', '.join(WORKFLOW_STATUSES)}")
-        return Response(200, {"workflows": self.server.engine.list_workflows(status)})
-
-    def h_get_workflow(self, route: Route, params: dict, query: dict) -> Response:
-        return Response(200, self.server.engine.get_workflow(_workflow_id(params)))
-
-    def h_cancel(self, route: Route, params: dict, query: dict) -> Response:
-        workflow_id = _workflow_id(params)
-        _only_fields(self._read_json(optional=True), ())
-        return Response(200, self.server.engine.cancel(workflow_id))
-
-    def h_retry(self, route: Route, params: dict, query: dict) -> Response:
-        workflow_id = _workflow_id(params)
-        _only_fields(self._read_json(optional=True), ())
-        return Response(200, self.server.engine.retry(workflow_id))
-
-    def h_events(self, route: Route, params: dict, query: dict) -> Response:
-        workflow_id = _workflow_id(params)
-        after = _int_param(query, "after", 0, minimum=0)
-        timeout = _float_param(query, "timeout", 0.0, minimum=0.0)
-        engine = self.server.engine
-        # Status first: a monitor that sees a finished status has seen every event.
-        status = engine.get_workflow(workflow_id)["status"]
-        if status in ("succeeded", "failed", "cancelled") or self.server.draining:
-            timeout = 0.0
-        events = engine.events(workflow_id, after=after,
-                               timeout=min(timeout, MAX_EVENTS_WAIT_S))
-        last = max([after] + [int(e.get("seq", 0)) for e in events])
-        return Response(200, {"events": events, "last": last, "status": status})
-
-    def h_get_task(self, route: Route, params: dict, query: dict) -> Response:
-        return Response(200, self.server.engine.get_task(_task_key(params)))
-
-    def h_task_log(self, route: Route, params: dict, query: dict) -> Response:
-        key = _task_key(params)
-        offset = _int_param(query, "offset", 0, minimum=0)
-        path = self.server.engine.task_log_path(key)
-        try:
-            with open(path, "rb") as f:
-                import os
-
-                size = os.fstat(f.fileno()).st_size
-                f.seek(min(offset, size))
-                data = f.read(LOG_CHUNK_BYTES) if offset < size else b""
-        except FileNotFoundError:
-            size, data = 0, b""
-        return Response(200, data, content_type="text/plain; charset=utf-8",
-                        headers={"X-Log-Size": str(size),
-                                 "X-Log-Offset": str(min(offset, size) + len(data))})
-
-    def h_progress(self, route: Route, params: dict, query: dict) -> Response:
-        key = _task_key(params)
-        body = self._read_json()
-        _only_fields(body, ("progress", "status", "message"))
-        progress = body.get("progress")
-        if isinstance(progress, bool) or not isinstance(progress, int) \
-                or not 0 <= progress <= 100:
-            raise HttpError(400, "'progress' must be an integer from 0 to 100")
-        status = body.get("status")
-        if status is not None and (not isinstance(status, str) or len(status) > 64):
-            raise HttpError(400, "'status' must be a short string")
-        message = body.get("message")
-        if message is not None and (not isinstance(message, str) or len(message) > MAX_TEXT):
-            raise HttpError(400, f"'message' must be a string (at most {MAX_TEXT} characters)")
-        return Response(200, self.server.engine.report_progress(key, progress, status, message))
-
-
-# --- validation helpers ---------------------------------------------------
-
-
-def _too_deep(data: Any, limit: int) -> bool:
-    """Iterative (no recursion) check of the nesting depth of a parsed document."""
-    stack = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
-    return False
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean",
-            type(None): "null", int: "number", float: "number"}.get(type(value), "value")
-
-
-def _only_fields(body: dict[str, Any], known: tuple[str, ...]) -> None:
-    unknown = [k for k in body if k not in known]
-    if unknown:
-        raise HttpError(400, f"unknown field '{str(unknown[0])[:50]}' "
-                        f"(known: {', '.join(known) or 'none'})")
-
-
-def _workflow_id(params: dict[str, str]) -> str:
-    value = params["workflow_id"]
-    if not WORKFLOW_ID_RE.match(value):
-        raise HttpError(400, "invalid workflow id: 1-128 letters, digits, '-' or '_'")
-    return value
-
-
-def _task_key(params: dict[str, str]) -> str:
-    value = params["task_key"]
-    if not TASK_KEY_RE.match(value):
-        raise HttpError(400, "invalid task id: expected <workflow_id>.<task_id>")
-    return value
-
-
-def _int_param(query: dict[str, str], name: str, default: int, *, minimum: int) -> int:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or len(raw) > 18 or int(raw) < minimum:
-        raise HttpError(400, f"'{name}' must be an integer >= {minimum}")
-    return int(raw)
-
-
-def _float_param(query: dict[str, str], name: str, default: float, *, minimum: float) -> float:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise HttpError(400, f"'{name}' must be a number of seconds") from None
-    if not value >= minimum or value != value or value == float("inf"):
-        raise HttpError(400, f"'{name}' must be a number >= {minimum:g}")
-    return value

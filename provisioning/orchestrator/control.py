@@ -12,12 +12,17 @@ import logging
 import os
 import signal
 import time
+import urllib.request
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from provisioning import fsutil
-from provisioning.errors import ProvisioningError
+from provisioning.errors import EXIT_FAILED, EXIT_UNAVAILABLE, ProvisioningError
+from provisioning.orchestrator.listen import endpoint_host
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -26,13 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("provisioning.orchestrator")
 
 
-def endpoint_host(bind_host: str) -> str:
-    """The address clients (and our own tasks) use to reach a server bound to bind_host."""
-    if bind_host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind_host == "::":
-        return "[::1]"
-    return f"[{bind_host}]" if ":" in bind_host else bind_host
+def new_instance_id() -> str:
+    """The id a daemon answers with on /health and writes in its pidfile."""
+    return uuid.uuid4().hex
 
 
 # ---------------------------------------------------------------- pidfile
@@ -95,8 +96,6 @@ def _looks_like_orchestrator(proc: Any) -> bool:
 
 def process_is_ours(info: PidInfo) -> bool:
     """True only if info.pid is the very process that wrote the pidfile."""
-    import psutil
-
     try:
         proc = psutil.Process(info.pid)
         if abs(proc.create_time() - info.create_time) > 0.05:
@@ -118,8 +117,6 @@ def running_daemon(data_paths: DataPaths) -> PidInfo | None:
 
 def fetch_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
     """GET /health; None if it does not answer with JSON."""
-    import urllib.request
-
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:  # noqa: S310
             data = json.loads(resp.read())
@@ -133,8 +130,6 @@ def fetch_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
 
 def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
     """Poll (with backoff) until the process is gone or a zombie."""
-    import psutil
-
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -179,8 +174,6 @@ def stop_daemon(config: Config, out=print) -> int:
 
 def daemon_status(config: Config, out=print) -> int:
     """--status: 0 running and answering, 1 running but not answering, 3 stopped."""
-    from provisioning.errors import EXIT_FAILED, EXIT_UNAVAILABLE
-
     data_paths = config.data_paths()
     info = read_pidfile(data_paths.pid_file)
     if info is None:

@@ -15,12 +15,20 @@ import argparse
 import dataclasses
 import logging
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from pathlib import Path
 
-from provisioning.errors import EXIT_FAILED, EXIT_INTERRUPTED, ProvisioningError
-
-if TYPE_CHECKING:
-    from provisioning.config import Config
+from provisioning.config import Config, load_config
+from provisioning.errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigError, ProvisioningError
+from provisioning.orchestrator.background import (
+    ALREADY_MARKER,
+    ERROR_MARKER,
+    pipe_send,
+    start_background,
+)
+from provisioning.orchestrator.control import daemon_status, stop_daemon
+from provisioning.orchestrator.listen import check_bind_allowed
+from provisioning.versions import check_compatibility
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,11 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Config:
     """Config with the command-line overrides applied (they win over every layer)."""
-    from pathlib import Path
-
-    from provisioning.config import load_config
-    from provisioning.errors import ConfigError
-
     config = load_config(args.config)
     server, storage, sources = config.server, config.storage, dict(config.sources)
     if args.host is not None:
@@ -71,15 +74,10 @@ def load(args: argparse.Namespace) -> Config:
 
 def check_versions() -> None:
     """Refuse to run beside an incompatible core (exit 4, both versions and the range)."""
-    from provisioning.versions import check_compatibility
-
     check_compatibility().raise_if_incompatible()
 
 
 def run_check(config: Config) -> int:
-    from provisioning.orchestrator.daemon import check_bind_allowed
-    from provisioning.versions import check_compatibility
-
     check_bind_allowed(config)
     verdict = check_compatibility()
     print(f"config: ok (data dir {config.storage.data_dir}, "
@@ -98,32 +96,28 @@ def setup_logging(verbose: int) -> None:
 def run_foreground(config: Config, *, instance_id: str | None = None,
                    ready_fd: int | None = None, verbose: int = 0) -> int:
     """The daemon proper. In --daemon's grandchild, failures go to the log and the pipe."""
-    from provisioning.orchestrator.daemon import (
-        ALREADY_MARKER,
-        ERROR_MARKER,
-        AlreadyRunning,
-        Orchestrator,
-        _pipe_send,
-    )
+    # lazy: the engine, store and HTTP server only where a daemon runs, so
+    # --stop, --status and --check (and the --daemon parent) stay light
+    from provisioning.orchestrator.daemon import AlreadyRunning, Orchestrator
 
     log = logging.getLogger("provisioning.orchestrator")
     try:
         return Orchestrator(config, instance_id=instance_id).run(ready_fd=ready_fd)
     except AlreadyRunning as e:
         if ready_fd is not None:
-            _pipe_send(ready_fd, f"{ALREADY_MARKER} {e.pid or 'unknown'}")
+            pipe_send(ready_fd, f"{ALREADY_MARKER} {e.pid or 'unknown'}")
         print(str(e))
         return 0
     except ProvisioningError as e:
         log.error("%s", e, exc_info=bool(verbose))
         if ready_fd is not None:
-            _pipe_send(ready_fd, f"{ERROR_MARKER} {e.exit_code} {e.message}")
+            pipe_send(ready_fd, f"{ERROR_MARKER} {e.exit_code} {e.message}")
             return e.exit_code
         raise
     except Exception as e:
         log.exception("orchestrator crashed")
         if ready_fd is not None:
-            _pipe_send(ready_fd, f"{ERROR_MARKER} {EXIT_FAILED} internal error: {e}")
+            pipe_send(ready_fd, f"{ERROR_MARKER} {EXIT_FAILED} internal error: {e}")
             return EXIT_FAILED
         raise
 
@@ -136,20 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return run_check(config)
         if args.stop:
-            from provisioning.orchestrator.control import stop_daemon
-
             return stop_daemon(config)
         if args.status:
-            from provisioning.orchestrator.control import daemon_status
-
             return daemon_status(config)
         check_versions()
-        from provisioning.orchestrator.daemon import check_bind_allowed
-
         check_bind_allowed(config)
         if args.daemon:
-            from provisioning.orchestrator.daemon import start_background
-
             def child(instance_id: str, ready_fd: int) -> int:
                 setup_logging(args.verbose)
                 return run_foreground(config, instance_id=instance_id, ready_fd=ready_fd,
@@ -161,8 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         return run_foreground(config, verbose=args.verbose)
     except ProvisioningError as e:
         if args.verbose:
-            import traceback
-
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -1,7 +1,7 @@
 """The OpenAPI 3.0 description of the API (served at GET /openapi.json).
 
 Written by hand so it can say what each route means; tests/test_openapi.py
-keeps it true: every route in api.ROUTES is described here, and every path
+keeps it true: every route in endpoints.ROUTES is described here, and every path
 described here answers on a live daemon.
 """
 

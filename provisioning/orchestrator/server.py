@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from provisioning.orchestrator import auth
 from provisioning.orchestrator.api import ApiHandler
+from provisioning.orchestrator.listen import port_in_use_error
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -88,8 +90,6 @@ class OrchestratorServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
-        import sys
-
         error = sys.exc_info()[1]
         if isinstance(error, (ConnectionError, TimeoutError)):
             log.debug("connection from %s ended: %s", client_address, error)
@@ -98,8 +98,6 @@ class OrchestratorServer(ThreadingHTTPServer):
 
 
 def make_server(config: Config, *, token: str, instance_id: str) -> OrchestratorServer:
-    from provisioning.orchestrator.daemon import port_in_use_error
-
     host = config.server.host.strip("[]")
     try:
         return OrchestratorServer((host, config.server.port), config, token=token,
