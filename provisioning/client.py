@@ -1,4 +1,5 @@
-"""HTTP client for the orchestrator API (DESIGN.md 5) and auto-start (DESIGN.md 4).
+"""HTTP client for the orchestrator API (DESIGN.md 5); finding or starting a daemon
+(DESIGN.md 4) is autostart.py.
 
 Stdlib only (urllib). Proxies from the environment are ignored: the API is on
 loopback and a corporate HTTP_PROXY must never see the bearer token.
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,23 +31,15 @@ from provisioning.errors import (
     ProvisioningError,
     ServiceUnavailable,
     StorageFull,
+    Unreachable,
     UsageError,
 )
+from provisioning.versions import CORE_VERSION, check_compatibility
 
 if TYPE_CHECKING:
     from provisioning.config import Config
 
-START_HINT = "start it with `provisioning orchestrator start`, or run with --direct"
 HEALTH_PROBE_TIMEOUT = 2.0  # a live daemon answers /health in milliseconds
-
-
-class Unreachable(OrchestratorUnavailable):
-    """No answer at all. `delivered` is False when the request surely never
-    reached a daemon (connection refused), so running it elsewhere is safe."""
-
-    def __init__(self, message: str, *, delivered: bool, hint: str | None = START_HINT):
-        super().__init__(message, hint=hint)
-        self.delivered = delivered
 
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -177,8 +168,6 @@ class Client:
 
     def check_versions(self, health: dict[str, Any] | None = None) -> dict[str, Any]:
         """Check the daemon's platform version against our core (first contact)."""
-        from provisioning.versions import CORE_VERSION, check_compatibility
-
         if health is None:
             health = self.health()
         platform = health.get("platform_version")
@@ -260,7 +249,7 @@ class Client:
         return self._request("GET", "/openapi.json", auth=False)
 
 
-# -- finding or starting the daemon -------------------------------------------
+# -- one endpoint's client, and /health without exceptions ----------------------
 
 
 def client_for(config: Config, endpoint: str | None = None) -> Client:
@@ -270,167 +259,15 @@ def client_for(config: Config, endpoint: str | None = None) -> Client:
                   token_file=config.data_paths().token_file)
 
 
-def probe(client: Client) -> dict[str, Any] | None:
-    """/health if a daemon answers there, else None (no exception)."""
+def probe(client: Client | str, timeout: float = HEALTH_PROBE_TIMEOUT) -> dict[str, Any] | None:
+    """/health if a daemon answers at `client` (a Client or an endpoint URL), else
+    None (no exception). The one /health probe: the CLI's auto-start, `orchestrator
+    status`, and the daemon's own --daemon/--status checks all ask through it."""
+    if isinstance(client, str):
+        client = Client(client, check_versions=False)
     try:
-        return client.health(timeout=HEALTH_PROBE_TIMEOUT)
+        return client.health(timeout=timeout)
     except OrchestratorUnavailable:
         return None
     except ProvisioningError:
         return None  # something answers, but not our API
-
-
-def _loopback_bind(endpoint: str) -> tuple[str, int]:
-    parts = urllib.parse.urlsplit(endpoint)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 9090
-    if host == "localhost":
-        host = "127.0.0.1"
-    if host not in ("127.0.0.1", "::1"):
-        raise OrchestratorUnavailable(
-            f"orchestrator not reachable at {endpoint}, and it is not a local endpoint, "
-            "so it cannot be auto-started",
-            hint="start the orchestrator on that host, or run with --direct")
-    return host, port
-
-
-def _file_lock(path: Path, timeout: float):
-    """A flock-based FileLock (never the soft fallback), 0600, finite timeout."""
-    import inspect
-
-    from filelock import FileLock
-
-    kwargs: dict[str, Any] = {"timeout": timeout, "mode": 0o600}
-    if "fallback_to_soft" in inspect.signature(FileLock.__init__).parameters:
-        kwargs["fallback_to_soft"] = False
-    return FileLock(str(path), **kwargs)
-
-
-def orchestrator_env(config: Config, endpoint: str) -> tuple[dict[str, str], str, int]:
-    """Environment for a spawned daemon: our data dir, host and port, whatever
-    layers the CLI's own config came from."""
-    host, port = _loopback_bind(endpoint)
-    env = dict(os.environ)
-    env["PROVISIONING_STORAGE_DATA_DIR"] = str(config.data_paths().data_dir)
-    env["PROVISIONING_SERVER_HOST"] = host
-    env["PROVISIONING_SERVER_PORT"] = str(port)
-    return env, host, port
-
-
-def spawn_daemon(config: Config, endpoint: str, *,
-                 config_file: str | None = None) -> tuple[int | None, str]:
-    """Run `provisioning-orchestrator --daemon`; return (exit code or None on
-    timeout, its output).
-
-    --daemon returns once /health answers (or fails with the reason). Output
-    goes to a file, not a pipe: a daemon that kept the pipe open would make us
-    wait forever for EOF.
-    """
-    import subprocess
-    import tempfile
-
-    from provisioning.selfexec import orchestrator_command
-
-    env, host, port = orchestrator_env(config, endpoint)
-    argv, extra_env = orchestrator_command()
-    env.update(extra_env)
-    argv = [*argv, "--daemon", "--host", host, "--port", str(port),
-            "--data-dir", str(config.data_paths().data_dir)]
-    if config_file:
-        argv += ["--config", str(config_file)]
-    limit = config.orchestrator.start_timeout_seconds
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                  stderr=subprocess.STDOUT, env=env, timeout=limit + 5)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-        except OSError as e:
-            raise OrchestratorUnavailable(f"cannot run {argv[0]}: {e.strerror or e}",
-                                          hint="is provisioning installed completely?") from None
-        out.seek(0)
-        text = out.read().decode(errors="replace").strip()
-    return code, text
-
-
-def _wait_healthy(client: Client, deadline: float) -> dict[str, Any] | None:
-    delay = 0.02
-    while True:
-        health = probe(client)
-        if health is not None:
-            return health
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)
-
-
-def _last_lines(text: str, n: int = 5) -> str:
-    return " | ".join(text.strip().splitlines()[-n:])
-
-
-def start_orchestrator(config: Config, endpoint: str | None = None, *,
-                       config_file: str | None = None) -> tuple[Client, bool]:
-    """Make sure a daemon answers at `endpoint`; start one if needed.
-
-    Returns (client, started_by_us). Spawns only while holding the data dir's
-    spawn.lock and after re-checking /health, so racing CLIs start one daemon.
-    """
-    from provisioning.fsutil import ensure_private_dir
-
-    client = client_for(config, endpoint)
-    health = probe(client)
-    if health is not None:
-        return client, False
-    _loopback_bind(client.endpoint)  # refuse early for remote endpoints
-    paths = config.data_paths()
-    ensure_private_dir(paths.data_dir)
-    limit = config.orchestrator.start_timeout_seconds
-    from filelock import Timeout
-
-    lock = _file_lock(paths.spawn_lock, timeout=limit + 10)
-    try:
-        with lock:
-            health = probe(client)  # somebody else may have won the race
-            if health is not None:
-                return client, False
-            code, output = spawn_daemon(config, client.endpoint, config_file=config_file)
-            # --daemon returns after readiness; the poll covers a daemon that
-            # answers a moment later. A failed start gets one last look (a
-            # daemon started outside our lock, by systemd or a user).
-            wait = limit if code == 0 else 0
-            health = _wait_healthy(client, time.monotonic() + wait)
-    except Timeout:
-        raise OrchestratorUnavailable(
-            f"another process is starting the orchestrator and it did not answer "
-            f"within {limit + 10}s", hint=f"see {paths.daemon_log}") from None
-    if health is None:
-        if code is None:
-            output = f"`provisioning-orchestrator --daemon` did not return within {limit + 5}s"
-        elif code != 0:
-            output = f"`provisioning-orchestrator --daemon` exited {code}: {output}"
-        detail = f": {_last_lines(output)}" if output else ""
-        raise OrchestratorUnavailable(
-            f"the orchestrator did not come up at {client.endpoint}{detail}",
-            hint=f"see {paths.daemon_log}, or run `provisioning-orchestrator --check`")
-    return client, True
-
-
-def ensure_orchestrator(config: Config, endpoint: str | None = None, *,
-                        config_file: str | None = None) -> Client:
-    """A ready, version-checked Client: the running daemon, or one auto-started
-    (orchestrator.auto_start). Raises OrchestratorUnavailable (exit 3) or
-    IncompatibleVersions (exit 4)."""
-    client = client_for(config, endpoint)
-    health = probe(client)
-    if health is None:
-        if not config.orchestrator.auto_start:
-            raise OrchestratorUnavailable(
-                f"orchestrator not running at {client.endpoint} "
-                "(orchestrator.auto_start is off)", hint=START_HINT)
-        client, _ = start_orchestrator(config, client.endpoint, config_file=config_file)
-        health = client.last_health or client.health()
-    client.check_versions(health)
-    client.token  # noqa: B018 - fail now (and fall back) if the token is unreadable
-    return client

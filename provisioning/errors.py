@@ -51,6 +51,18 @@ class OrchestratorUnavailable(ProvisioningError):
     exit_code = EXIT_UNAVAILABLE
 
 
+START_HINT = "start it with `provisioning orchestrator start`, or run with --direct"
+
+
+class Unreachable(OrchestratorUnavailable):
+    """No answer at all. `delivered` is False when the request surely never
+    reached a daemon (connection refused), so running it elsewhere is safe."""
+
+    def __init__(self, message: str, *, delivered: bool, hint: str | None = START_HINT):
+        super().__init__(message, hint=hint)
+        self.delivered = delivered
+
+
 class IncompatibleVersions(ProvisioningError):
     """Core and platform versions do not fit versions.toml. Exit 4."""
 

@@ -123,7 +123,7 @@ def _config():
 
 @pytest.fixture
 def live(cold):
-    from provisioning.client import ensure_orchestrator
+    from provisioning.autostart import ensure_orchestrator
 
     client = ensure_orchestrator(_config())
     return cold, client
@@ -242,7 +242,7 @@ def fake_daemon(cold):
 
 def test_incompatible_platform_is_exit_4_with_both_versions(fake_daemon, monkeypatch):
     from provisioning import __version__
-    from provisioning.client import ensure_orchestrator
+    from provisioning.autostart import ensure_orchestrator
 
     (fake_daemon.data_dir).mkdir(parents=True, exist_ok=True)
     (fake_daemon.data_dir / "token").write_text("t")
@@ -282,7 +282,7 @@ def test_ten_cold_clis_start_exactly_one_daemon(cold):
     pidfile = json.loads((cold.data_dir / "orchestrator.pid").read_text())
     assert pidfile["pid"] == daemons[0].pid
 
-    from provisioning.client import ensure_orchestrator
+    from provisioning.autostart import ensure_orchestrator
 
     client = ensure_orchestrator(_config())
     assert client.health()["pid"] == daemons[0].pid
@@ -291,7 +291,7 @@ def test_ten_cold_clis_start_exactly_one_daemon(cold):
 
 
 def test_auto_start_off_raises_with_hint(cold, monkeypatch):
-    from provisioning.client import ensure_orchestrator
+    from provisioning.autostart import ensure_orchestrator
 
     monkeypatch.setenv("PROVISIONING_ORCHESTRATOR_AUTO_START", "false")
     t0 = time.monotonic()

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 
+from provisioning import __version__
+
 
 def _fast_version(args: list[str]) -> bool:
     if args == ["--version"]:
-        from provisioning import __version__
-
         sys.stdout.write(f"provisioning {__version__}\n")
         return True
     if sorted(args) in (["version"], ["--json", "version"]):
-        from provisioning.versions import format_versions
+        from provisioning.versions import format_versions  # lazy: `--version` needs none of it
 
         sys.stdout.write(format_versions("--json" in args))
         return True
@@ -28,6 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if _fast_version(args):
         return 0
-    from provisioning.cli.main import main as full_main
+    from provisioning.cli.main import main as full_main  # lazy: click, off the fast path
 
     return full_main(args)

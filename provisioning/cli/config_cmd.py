@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from provisioning.cli.context import AppContext
+from provisioning.config import validate_file
 
 
 @click.group("config")
@@ -24,8 +27,6 @@ def show(app: AppContext) -> None:
             "sources": {k: cfg.sources[k] for k in sorted(cfg.sources)},
         })
         return
-    import json
-
     for section, values in merged.items():
         click.echo(f"[{section}]")
         for key, value in values.items():
@@ -38,8 +39,6 @@ def show(app: AppContext) -> None:
 @click.pass_obj
 def validate(app: AppContext, file: str | None) -> None:
     """Validate FILE alone, or the whole merged configuration."""
-    from provisioning.config import validate_file
-
     if file:
         validate_file(file)
         target = file

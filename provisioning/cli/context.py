@@ -23,6 +23,7 @@ class AppContext:
     @property
     def config(self) -> Config:
         if self._config is None:
+            # lazy: `provisioning version` (and --help) never load the config
             from provisioning.config import load_config
 
             self._config = load_config(self.config_file)

@@ -18,7 +18,9 @@ import sys
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
-from provisioning.errors import EXIT_INTERRUPTED, UsageError
+from provisioning.cli.monitor import Monitor
+from provisioning.errors import EXIT_INTERRUPTED, OrchestratorUnavailable, Unreachable, UsageError
+from provisioning.fsutil import ensure_private_dir
 
 if TYPE_CHECKING:
     from provisioning.cli.context import AppContext
@@ -93,15 +95,11 @@ def execute(app: AppContext, command_key: str, spec: WorkflowSpec, *, wait: bool
     When the daemon cannot be had: fallback_to_direct runs it in-process with
     a warning; otherwise OrchestratorUnavailable (exit 3) with a hint.
     """
-    from provisioning.errors import OrchestratorUnavailable
-
     mode, why = decide_mode(app, command_key, len(spec.tasks))
     if app.verbose:
         app.log(f"mode: {mode} for {command_key} ({why})")
     if mode == DIRECT:
         return run_direct(app, spec)
-    from provisioning.client import Unreachable
-
     try:
         client = _connect(app)
     except OrchestratorUnavailable as e:
@@ -140,7 +138,9 @@ def _fall_back(app: AppContext, command_key: str, spec: WorkflowSpec, error: Exc
 
 
 def _connect(app: AppContext) -> Client:
-    from provisioning.client import ensure_orchestrator
+    # lazy: the HTTP client and auto-start (urllib, filelock, subprocess) only
+    # for commands that contact the daemon; `server list` never does
+    from provisioning.autostart import ensure_orchestrator
 
     return ensure_orchestrator(app.config, app.endpoint_url(), config_file=app.config_file)
 
@@ -154,8 +154,6 @@ def connect(app: AppContext) -> Client:
 def follow(app: AppContext, source, workflow_id: str, *, mode: str,
            detachable: bool = True) -> int:
     """Attach the monitor; with --json print the final summary on stdout."""
-    from provisioning.cli.monitor import Monitor
-
     monitor = Monitor(source, workflow_id, stream=sys.stderr if app.json_output else sys.stdout,
                       reconnect_seconds=app.config.orchestrator.timeout_seconds,
                       detachable=detachable)
@@ -169,8 +167,8 @@ def follow(app: AppContext, source, workflow_id: str, *, mode: str,
 
 def run_direct(app: AppContext, spec: WorkflowSpec) -> int:
     """Run `spec` in this process through the same engine the daemon hosts."""
+    # lazy: the in-process engine and its store only for a direct run
     from provisioning.engine.engine import Engine
-    from provisioning.fsutil import ensure_private_dir
     from provisioning.store.memory import MemoryStore
 
     cfg = app.config

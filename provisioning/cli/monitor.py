@@ -19,7 +19,13 @@ import shutil
 import time
 from typing import IO, Any, Protocol
 
-from provisioning.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from provisioning.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ServiceUnavailable,
+    Unreachable,
+)
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 TTY_POLL_S = 1.0  # the elapsed clock ticks at this rate on a terminal
@@ -203,9 +209,6 @@ class Monitor:
     def _call(self, fn, *args, **kwargs):
         # only a daemon that is away or restarting is waited for; a refused
         # token or a missing workflow is an answer, not an outage
-        from provisioning.client import Unreachable
-        from provisioning.errors import ServiceUnavailable
-
         lost_at: float | None = None
         delay = 0.1
         while True:

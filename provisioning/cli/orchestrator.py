@@ -8,31 +8,26 @@ auto-start of orchestrated commands start the very same daemon.
 from __future__ import annotations
 
 import subprocess
+import time
 from typing import Any
 
 import click
 
+from provisioning.autostart import daemon_command, start_orchestrator
 from provisioning.cli.context import AppContext
-from provisioning.errors import EXIT_UNAVAILABLE
-
-
-def _daemon_argv(app: AppContext, *flags: str) -> tuple[list[str], dict[str, str]]:
-    from provisioning.client import orchestrator_env
-    from provisioning.selfexec import orchestrator_command
-
-    cfg = app.config
-    env, host, port = orchestrator_env(cfg, app.endpoint_url())
-    argv, extra_env = orchestrator_command()
-    env.update(extra_env)
-    argv = [*argv, *flags, "--host", host, "--port", str(port),
-            "--data-dir", str(cfg.data_paths().data_dir)]
-    if app.config_file:
-        argv += ["--config", app.config_file]
-    return argv, env
+from provisioning.client import client_for, probe
+from provisioning.errors import (
+    EXIT_UNAVAILABLE,
+    START_HINT,
+    OrchestratorUnavailable,
+    UsageError,
+)
+from provisioning.versions import CORE_VERSION, check_compatibility
 
 
 def _run_daemon_cli(app: AppContext, *flags: str) -> tuple[int, str]:
-    argv, env = _daemon_argv(app, *flags)
+    argv, env = daemon_command(app.config, app.endpoint_url(), *flags,
+                               config_file=app.config_file)
     timeout = app.config.executor.shutdown_grace_seconds + app.config.executor.kill_grace_seconds
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -43,14 +38,10 @@ def _run_daemon_cli(app: AppContext, *flags: str) -> tuple[int, str]:
 
 
 def _health_or_none(app: AppContext) -> dict[str, Any] | None:
-    from provisioning.client import client_for, probe
-
     return probe(client_for(app.config, app.endpoint_url()))
 
 
 def _start(app: AppContext) -> dict[str, Any]:
-    from provisioning.client import start_orchestrator
-
     client, started = start_orchestrator(app.config, app.endpoint_url(),
                                          config_file=app.config_file)
     health = client.last_health or client.health()
@@ -141,10 +132,6 @@ def status_cmd(app: AppContext) -> None:
 @click.pass_obj
 def health_cmd(app: AppContext) -> None:
     """Query /health and check version compatibility (exit 3 down, 4 incompatible)."""
-    from provisioning.client import START_HINT, client_for
-    from provisioning.errors import OrchestratorUnavailable
-    from provisioning.versions import CORE_VERSION, check_compatibility
-
     client = client_for(app.config, app.endpoint_url())
     try:
         health = client.health()
@@ -169,10 +156,6 @@ def health_cmd(app: AppContext) -> None:
 @click.pass_obj
 def logs_cmd(app: AppContext, follow: bool, lines: int) -> None:
     """Print the daemon's log file (the last LINES lines)."""
-    import time
-
-    from provisioning.errors import UsageError
-
     path = app.config.data_paths().daemon_log
     try:
         f = open(path, "rb")  # noqa: SIM115 - kept open while following

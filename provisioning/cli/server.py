@@ -14,6 +14,10 @@ from typing import Any
 import click
 
 from provisioning.cli.context import AppContext
+from provisioning.errors import UsageError
+from provisioning.ops import servers
+from provisioning.ops.infra import load_infra, resolve_infra
+from provisioning.ops.state import StateStore
 
 infra_option = click.option("--infra", "infra", metavar="NAME|PATH", envvar="PROVISIONING_INFRA",
                             help="Infra name (in the workspace) or path to its directory.")
@@ -21,18 +25,16 @@ wait_option = click.option("--wait", is_flag=True,
                            help="Follow the workflow until it finishes (orchestrated mode).")
 
 
-def state_of(app: AppContext):
-    from provisioning.ops.state import StateStore
-
+def state_of(app: AppContext) -> StateStore:
     return StateStore(app.config.data_paths().data_dir)
 
 
 def run_business(app: AppContext, kind: str, infra: str | None, params: dict[str, Any],
                  wait: bool) -> None:
     """Build the workflow for `kind` (validating the infra) and run it per the mode."""
+    # lazy: the planner, the workflow model and the monitor only for commands
+    # that change something; `server list|show` stay light (bench/cli_start.py)
     from provisioning.cli.modes import execute
-    from provisioning.errors import UsageError
-    from provisioning.ops.infra import resolve_infra
     from provisioning.planner import build_workflow
 
     try:
@@ -51,9 +53,6 @@ def infra_name_of(app: AppContext, infra: str | None) -> str | None:
     """Name of the infra to filter on: from its definition, or a name state knows."""
     if infra is None:
         return None
-    from provisioning.errors import UsageError
-    from provisioning.ops.infra import load_infra
-
     try:
         return load_infra(infra).name
     except UsageError:
@@ -106,8 +105,6 @@ def server_delete(app: AppContext, name: str, infra: str | None, wait: bool) -> 
 @click.pass_obj
 def server_list(app: AppContext, infra: str | None) -> None:
     """List servers from recorded state, checked against reality (never the daemon)."""
-    from provisioning.ops import servers
-
     views = servers.list_views(infra_name_of(app, infra), state=state_of(app))
     if app.json_output:
         app.emit_json(views)
@@ -131,8 +128,6 @@ def server_list(app: AppContext, infra: str | None) -> None:
 @click.pass_obj
 def server_show(app: AppContext, name: str, infra: str | None) -> None:
     """Show one server: address, root, status, taskservs with ports and health."""
-    from provisioning.ops import servers
-
     view = servers.show(name, infra_name_of(app, infra), state=state_of(app))
     if app.json_output:
         app.emit_json(view)

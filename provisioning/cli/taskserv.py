@@ -13,6 +13,9 @@ from provisioning.cli.server import (
     state_of,
     wait_option,
 )
+from provisioning.ops import servers
+from provisioning.ops.infra import find_workspace, load_infra
+from provisioning.ops.taskservs import Catalog
 
 
 @click.group("taskserv")
@@ -58,8 +61,6 @@ def taskserv_list(app: AppContext, infra: str | None, server: str | None,
     if available:
         _list_available(app, infra)
         return
-    from provisioning.ops import servers
-
     rows = [dict(t, server=v["hostname"], infra=v["infra"], address=v["address"])
             for v in servers.list_views(infra_name_of(app, infra), state=state_of(app))
             if server is None or v["hostname"] == server for t in v["taskservs"]]
@@ -76,9 +77,6 @@ def taskserv_list(app: AppContext, infra: str | None, server: str | None,
 
 
 def _list_available(app: AppContext, infra: str | None) -> None:
-    from provisioning.ops.infra import find_workspace, load_infra
-    from provisioning.ops.taskservs import Catalog
-
     if infra is not None:
         catalog = load_infra(infra).catalog
     else:

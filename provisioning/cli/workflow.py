@@ -8,12 +8,17 @@ but `submit --direct` needs the orchestrator, which is auto-started per
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from typing import Any
 
 import click
 
 from provisioning.cli.context import AppContext
+from provisioning.cli.modes import ORCHESTRATED, connect, execute, follow
+from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, task_row
+from provisioning.engine.loader import load_workflow_file
+from provisioning.errors import NotFound, UsageError
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -32,11 +37,6 @@ def _total(view: dict[str, Any]) -> int:
 
 
 def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
-    import dataclasses
-
-    from provisioning.cli.modes import execute
-    from provisioning.engine.loader import load_workflow_file
-
     spec = load_workflow_file(file)  # validation errors: exit 2, nothing submitted
     if kind == "batch" or spec.kind in ("", "workflow"):
         spec = dataclasses.replace(spec, kind=kind)
@@ -46,9 +46,6 @@ def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
 
 
 def _status(app: AppContext, workflow_id: str) -> None:
-    from provisioning.cli.modes import connect
-    from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, task_row
-
     view = connect(app).get_workflow(workflow_id)
     if app.json_output:
         app.emit_json(view)
@@ -65,16 +62,12 @@ def _status(app: AppContext, workflow_id: str) -> None:
 
 
 def _monitor(app: AppContext, workflow_id: str) -> None:
-    from provisioning.cli.modes import ORCHESTRATED, connect, follow
-
     code = follow(app, connect(app), workflow_id, mode=ORCHESTRATED)
     if code:
         raise click.exceptions.Exit(code)
 
 
 def _list(app: AppContext, status: str | None, kind: str | None) -> None:
-    from provisioning.cli.modes import connect
-
     rows = connect(app).list_workflows(status)
     if kind is not None:
         rows = [r for r in rows if r.get("kind") == kind]
@@ -144,14 +137,10 @@ def workflow_list(app: AppContext, status: str | None) -> None:
 @click.pass_obj
 def workflow_cancel(app: AppContext, workflow_id: str) -> None:
     """Cancel running and pending tasks (completed ones stay completed)."""
-    from provisioning.cli.modes import connect
-
     view = connect(app).cancel(workflow_id)
     if app.json_output:
         app.emit_json(view)
         return
-    from provisioning.cli.monitor import counts_line
-
     click.echo(f"Workflow {workflow_id}: {view.get('status')} ({counts_line(view)})")
 
 
@@ -161,8 +150,6 @@ def workflow_cancel(app: AppContext, workflow_id: str) -> None:
 @click.pass_obj
 def workflow_retry(app: AppContext, workflow_id: str, wait: bool) -> None:
     """Re-run failed, cancelled and skipped tasks from their checkpoints."""
-    from provisioning.cli.modes import ORCHESTRATED, connect, follow
-
     client = connect(app)
     view = client.retry(workflow_id)
     if not wait:
@@ -191,9 +178,6 @@ def workflow_logs(app: AppContext, workflow_id: str, task_id: str | None,
 
 
 def _logs(app: AppContext, workflow_id: str, task_id: str | None, *, follow: bool) -> None:
-    from provisioning.cli.modes import connect
-    from provisioning.errors import NotFound, UsageError
-
     client = connect(app)
     view = client.get_workflow(workflow_id)
     tasks = view.get("tasks") or []

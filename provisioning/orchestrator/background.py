@@ -18,13 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from provisioning import fsutil
+from provisioning.client import probe
 from provisioning.errors import ProvisioningError
-from provisioning.orchestrator.control import (
-    fetch_health,
-    new_instance_id,
-    read_pidfile,
-    running_daemon,
-)
+from provisioning.orchestrator.control import new_instance_id, read_pidfile, running_daemon
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -145,7 +141,7 @@ def _await_ready(data_paths: DataPaths, instance_id: str, read_fd: int, timeout:
         if port is not None:
             info = read_pidfile(data_paths.pid_file)
             if info is not None and info.instance_id == instance_id:
-                health = fetch_health(info.url)
+                health = probe(info.url)
                 if health is not None and health.get("instance_id") == instance_id:
                     out(f"started (pid {info.pid}, {info.url})")
                     return 0

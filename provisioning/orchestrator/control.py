@@ -7,12 +7,10 @@ create time, an orchestrator command line): pids get reused.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from provisioning import fsutil
+from provisioning.client import probe
 from provisioning.errors import EXIT_FAILED, EXIT_UNAVAILABLE, ProvisioningError
 from provisioning.orchestrator.listen import endpoint_host
 
@@ -115,16 +114,6 @@ def running_daemon(data_paths: DataPaths) -> PidInfo | None:
     return None
 
 
-def fetch_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """GET /health; None if it does not answer with JSON."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:  # noqa: S310
-            data = json.loads(resp.read())
-            return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 # ---------------------------------------------------------------- stop / status
 
 
@@ -182,7 +171,7 @@ def daemon_status(config: Config, out=print) -> int:
     if not process_is_ours(info):
         out(f"stopped (stale pidfile naming pid {info.pid}, which is not the orchestrator)")
         return EXIT_UNAVAILABLE
-    health = fetch_health(info.url)
+    health = probe(info.url)
     if health is None or health.get("instance_id") != info.instance_id:
         out(f"running (pid {info.pid}) but not answering on {info.url}")
         return EXIT_FAILED
