@@ -94,7 +94,12 @@ class Config:
         return paths.DataPaths(Path(self.storage.data_dir).expanduser())
 
     def lib_dirs(self) -> list[Path]:
-        """Extension dirs in lookup order: PROVISIONING_LIB, then config lib_dirs."""
+        """Extension dirs in lookup order: PROVISIONING_LIB, then config lib_dirs.
+
+        The one definition of that order; `current_lib_dirs()` is the same for
+        code with no Config in hand. Each user puts the package's own lib dir
+        where its lookup needs it (ops registry and providers: built-ins
+        first; taskservs: the workspace's, these, then the shipped ones)."""
         dirs = paths.env_lib_dirs() + [Path(d).expanduser() for d in self.executor.lib_dirs]
         return list(dict.fromkeys(dirs))
 
@@ -312,6 +317,16 @@ def _check_ranges(merged: dict[str, dict[str, Any]], sources: dict[str, str]) ->
     port = merged["server"]["port"]
     if not 0 <= port <= 65535:
         raise ConfigError(f"{sources['server.port']}: server.port must be 0-65535, got {port}")
+
+
+def current_lib_dirs() -> list[Path]:
+    """Config.lib_dirs() of the config this process would load (ops in task
+    processes have no Config in hand); PROVISIONING_LIB alone when that config
+    does not load: a bad config is the CLI's to report, not a task's."""
+    try:
+        return load_config().lib_dirs()
+    except ConfigError:
+        return list(dict.fromkeys(paths.env_lib_dirs()))
 
 
 def validate_file(path: str | os.PathLike[str]) -> None:

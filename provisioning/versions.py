@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning import __version__ as CORE_VERSION
+from provisioning import paths
 from provisioning.errors import IncompatibleVersions, UsageError
 
 PLATFORM_VERSION = "2.5.3"  # orchestrator
@@ -101,8 +102,6 @@ class Verdict:
 
 
 def versions_file_candidates() -> list[Path]:
-    from provisioning import paths
-
     found = [d / "versions.toml" for d in paths.share_dirs()]
     found.append(Path(__file__).resolve().parent / "versions.toml")
     env = os.environ.get("PROVISIONING_VERSIONS_FILE")

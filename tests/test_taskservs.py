@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from provisioning.errors import ProvisioningError, ValidationError
-from provisioning.ops import installs, procs, servers
+from provisioning.ops import installs, procs, providers, servers
 from provisioning.ops.infra import load_infra
 from provisioning.ops.state import StateStore
 from tests.conftest import REPO, wait_for
@@ -91,7 +91,7 @@ def test_install_runs_real_services_idempotently(workspace, reap_services):
     [proc] = web["processes"]
     assert psutil.Process(proc["pid"]).status() != psutil.STATUS_ZOMBIE
     with pytest.raises(ProvisioningError, match="required by web"):
-        installs.remove("demo", "web-1", "kvstore", r, provider=servers.provider_for(infra,
+        installs.remove("demo", "web-1", "kvstore", r, provider=providers.for_infra(infra,
                                                                                        state))
 
     psutil.Process(proc["pid"]).kill()  # the service dies behind our back
@@ -105,12 +105,12 @@ def test_install_runs_real_services_idempotently(workspace, reap_services):
     assert servers.list_views("demo")[0]["status"] == "running"
 
     pids = [p for t in state.taskservs("demo", "web-1") for p in t["processes"]]
-    out = servers.delete("demo", "web-1", r, provider=servers.provider_for(infra, state))
+    out = servers.delete("demo", "web-1", r, provider=providers.for_infra(infra, state))
     assert out["changed"] is True
     assert not any(procs.alive(p) for p in pids)
     assert not Path(srv["root"]).exists()
     assert servers.list_views("demo") == []
-    missing = servers.delete("demo", "web-1", r, provider=servers.provider_for(infra, state))
+    missing = servers.delete("demo", "web-1", r, provider=providers.for_infra(infra, state))
     assert missing["changed"] is False and "does not exist" in missing["message"]
 
 

@@ -12,16 +12,15 @@ import time
 from typing import Any
 
 from provisioning.errors import ProvisioningError
-from provisioning.ops import procs
+from provisioning.ops import installs, procs, servers
 from provisioning.ops.infra import Infra
+from provisioning.ops.installs import taskserv_status
 from provisioning.ops.state import StateStore
 
 
 def check(infra: Infra, name: str, report: Any, *, state: StateStore | None = None,
           deadline: float = 15.0) -> dict[str, Any]:
     """Every taskserv of every server of the cluster running and healthy."""
-    from provisioning.ops.servers import taskserv_status
-
     state = state or StateStore()
     cluster = infra.cluster(name)
     checks: list[dict[str, Any]] = []
@@ -65,8 +64,6 @@ def check(infra: Infra, name: str, report: Any, *, state: StateStore | None = No
 def create(infra: Infra, name: str, report: Any, *, state: StateStore | None = None
            ) -> dict[str, Any]:
     """All of cluster create in this one process (servers one after another)."""
-    from provisioning.ops import installs, servers
-
     state = state or StateStore()
     cluster = infra.cluster(name)
 
@@ -92,8 +89,6 @@ def create(infra: Infra, name: str, report: Any, *, state: StateStore | None = N
 def delete(infra_name: str, name: str, hosts: list[str], report: Any, *,
            provider: Any = None, state: StateStore | None = None) -> dict[str, Any]:
     """Delete whatever is left of the cluster's servers, then its record."""
-    from provisioning.ops import servers
-
     state = state or StateStore()
     record = state.cluster(infra_name, name)
     hosts = list(dict.fromkeys(hosts or (record or {}).get("servers", [])))

@@ -11,32 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.errors import ProvisioningError, UsageError
+from provisioning.ops import clusters, installs, providers, servers
+from provisioning.ops.infra import load_infra
 from provisioning.ops.protocol import OpContext, require
+from provisioning.ops.state import StateStore
 
 
 def _infra(ctx: OpContext):
-    from provisioning.ops.infra import load_infra
-
     return load_infra(require(ctx.params, "infra"))
 
 
 def _infra_name_and_provider(ctx: OpContext) -> tuple[str, Any]:
     """For deletes: the infra file if it still loads, else what state remembers."""
-    from provisioning.ops import servers
-    from provisioning.ops.state import StateStore
-
     state = StateStore()
     try:
         infra = _infra(ctx)
-        return infra.name, servers.provider_for(infra, state)
+        return infra.name, providers.for_infra(infra, state)
     except UsageError:
         name = ctx.params.get("infra_name") or Path(require(ctx.params, "infra")).name
-        return name, servers.provider_from_state(name, state)
+        return name, providers.from_state(name, state)
 
 
 def server_create(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import servers
-
     infra = _infra(ctx)
     host = ctx.params.get("server")
     if host:
@@ -46,8 +42,6 @@ def server_create(ctx: OpContext) -> dict[str, Any]:
 
 
 def server_delete(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import servers
-
     name, provider = _infra_name_and_provider(ctx)
     return servers.delete(name, require(ctx.params, "server"), ctx, provider=provider)
 
@@ -61,20 +55,14 @@ def _infra_filter(ctx: OpContext) -> str | None:
 
 
 def server_list(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import servers
-
     return {"servers": servers.list_views(_infra_filter(ctx))}
 
 
 def server_show(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import servers
-
     return servers.show(require(ctx.params, "server"), _infra_filter(ctx))
 
 
 def taskserv_create(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import installs
-
     infra = _infra(ctx)
     name = require(ctx.params, "taskserv")
     host = ctx.params.get("server")
@@ -87,36 +75,26 @@ def taskserv_create(ctx: OpContext) -> dict[str, Any]:
 
 
 def taskserv_delete(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import installs
-
     name, provider = _infra_name_and_provider(ctx)
     return installs.remove(name, require(ctx.params, "server"), require(ctx.params, "taskserv"),
                            ctx, provider=provider)
 
 
 def taskserv_list(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import servers
-
     rows = [dict(t, server=v["hostname"], infra=v["infra"])
             for v in servers.list_views(_infra_filter(ctx)) for t in v["taskservs"]]
     return {"taskservs": rows}
 
 
 def cluster_create(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import clusters
-
     return clusters.create(_infra(ctx), require(ctx.params, "cluster"), ctx)
 
 
 def cluster_check(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import clusters
-
     return clusters.check(_infra(ctx), require(ctx.params, "cluster"), ctx)
 
 
 def cluster_delete(ctx: OpContext) -> dict[str, Any]:
-    from provisioning.ops import clusters
-
     name, provider = _infra_name_and_provider(ctx)
     hosts = ctx.params.get("servers")
     if not isinstance(hosts, list):

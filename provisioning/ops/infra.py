@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.errors import UsageError, ValidationError
+from provisioning.ops import providers, taskservs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -230,8 +231,6 @@ def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,
     if not provider:
         raise ValidationError(f"{file}: [infra] provider is missing",
                               hint='add provider = "local" under [infra]')
-
-    from provisioning.ops import providers, taskservs
 
     provider_cls = providers.provider_class(provider, lib_dirs=lib_dirs, where=str(file))
     provider_settings = data.get("provider", {})

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.errors import ProvisioningError
-from provisioning.ops import procs
+from provisioning.ops import procs, providers
 from provisioning.ops.infra import Infra
 from provisioning.ops.state import StateStore
 from provisioning.ops.taskservs import (
@@ -51,6 +51,17 @@ def _pids_from(stdout: str) -> list[int]:
     return []
 
 
+def taskserv_status(rec: dict[str, Any]) -> str:
+    """Recorded status reconciled with the processes: a dead service says 'dead'."""
+    status = rec.get("status", "unknown")
+    if status == "installed":
+        processes = rec.get("processes", [])
+        if processes and not all(procs.alive(p) for p in processes):
+            return "dead"
+        return "running"
+    return status
+
+
 def _relay(report: Any, prefix: str, text: str) -> None:
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("{"):
@@ -60,11 +71,9 @@ def _relay(report: Any, prefix: str, text: str) -> None:
 def install(infra: Infra, hostname: str, name: str, report: Any, *,
             state: StateStore | None = None) -> dict[str, Any]:
     """Install (or confirm) one taskserv on one server."""
-    from provisioning.ops.servers import provider_for, taskserv_status
-
     state = state or StateStore()
     tdef = infra.catalog.get(name)
-    provider = provider_for(infra, state)
+    provider = providers.for_infra(infra, state)
     with state.lock(infra.name, hostname):
         server = state.server(infra.name, hostname)
         if server is None or provider.status(hostname) == "missing":

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from provisioning.errors import ProvisioningError
+from provisioning.fsutil import atomic_write_json
 
 
 class OpContext:
@@ -45,8 +46,6 @@ class OpContext:
             return
         self._done.append(step)
         if self._checkpoint_file:
-            from provisioning.fsutil import atomic_write_json
-
             atomic_write_json(self._checkpoint_file, {"done": self._done})
 
 

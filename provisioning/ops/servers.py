@@ -5,27 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from provisioning.errors import NotFound, ProvisioningError, UsageError
-from provisioning.ops import procs
+from provisioning.ops import installs, procs, providers
 from provisioning.ops.infra import Infra
+from provisioning.ops.installs import taskserv_status
 from provisioning.ops.state import StateStore
-
-
-def provider_for(infra: Infra, state: StateStore):
-    from provisioning.ops.providers import open_provider
-
-    return open_provider(infra.provider, infra=infra.name, settings=infra.provider_settings,
-                         state=state)
-
-
-def provider_from_state(infra_name: str, state: StateStore):
-    """The provider of an infra known only from state (its file may be gone)."""
-    from provisioning.ops.providers import open_provider
-
-    rec = state.infra_record(infra_name)
-    if rec is None:
-        return None
-    return open_provider(rec["provider"], infra=infra_name,
-                         settings=rec.get("provider_settings", {}), state=state)
 
 
 def create(infra: Infra, hostname: str, report: Any, *, state: StateStore | None = None
@@ -33,7 +16,7 @@ def create(infra: Infra, hostname: str, report: Any, *, state: StateStore | None
     """Create one server; a second create is a no-op that says so."""
     state = state or StateStore()
     server = infra.server(hostname)
-    provider = provider_for(infra, state)
+    provider = providers.for_infra(infra, state)
     with state.lock(infra.name, hostname):
         state.record_infra(infra.name, str(infra.dir), infra.provider, infra.provider_settings)
         report.progress(10, f"creating server {hostname} on provider {infra.provider}")
@@ -52,10 +35,8 @@ def create(infra: Infra, hostname: str, report: Any, *, state: StateStore | None
 def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
            state: StateStore | None = None) -> dict[str, Any]:
     """Delete one server and every taskserv on it; a missing server is a no-op."""
-    from provisioning.ops import installs
-
     state = state or StateStore()
-    provider = provider or provider_from_state(infra_name, state)
+    provider = provider or providers.from_state(infra_name, state)
     with state.lock(infra_name, hostname):
         record = state.server(infra_name, hostname)
         exists = provider is not None and provider.status(hostname) != "missing"
@@ -83,17 +64,6 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
 
 
 # -- views -----------------------------------------------------------------------
-
-def taskserv_status(rec: dict[str, Any]) -> str:
-    """Recorded status reconciled with the processes: a dead service says 'dead'."""
-    status = rec.get("status", "unknown")
-    if status == "installed":
-        processes = rec.get("processes", [])
-        if processes and not all(procs.alive(p) for p in processes):
-            return "dead"
-        return "running"
-    return status
-
 
 def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
                 provider: Any = None, *, probe: bool = False) -> dict[str, Any]:
@@ -138,7 +108,7 @@ def list_views(infra_name: str | None = None, *, state: StateStore | None = None
         if not records:
             continue
         try:
-            provider = provider_from_state(name, state)
+            provider = providers.from_state(name, state)
         except ProvisioningError:
             provider = None  # an extension provider that is no longer installed
         out.extend(server_view(name, r, state, provider, probe=probe) for r in records)
@@ -158,6 +128,6 @@ def show(hostname: str, infra_name: str | None = None, *, state: StateStore | No
                          f"({', '.join(m['infra'] for m in matches)})", hint="pass --infra")
     view = matches[0]
     record = state.server(view["infra"], hostname) or {}
-    provider = provider_from_state(view["infra"], state)
+    provider = providers.from_state(view["infra"], state)
     return server_view(view["infra"], record, state, provider, probe=True)
 

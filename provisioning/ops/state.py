@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provisioning.config import load_config
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 
 SCHEMA = 1
@@ -32,8 +33,6 @@ def data_dir() -> Path:
     env = os.environ.get("PROVISIONING_STORAGE_DATA_DIR")
     if env:
         return Path(env).expanduser()
-    from provisioning.config import load_config
-
     return Path(load_config().storage.data_dir).expanduser()
 
 

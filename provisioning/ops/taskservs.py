@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from provisioning import paths
+from provisioning.config import current_lib_dirs
 from provisioning.errors import ValidationError
 
 if sys.version_info >= (3, 11):
@@ -52,20 +54,6 @@ DEF_FILE = "taskserv.toml"
 SCRIPT_SUFFIXES = (".py", ".nu", "")
 SECTIONS = {"taskserv", "ports", "health", "templates", "defaults"}
 HEALTH_KEYS = {"type", "port", "path", "send", "expect", "timeout_s"}
-
-
-def lib_dirs() -> list[Path]:
-    """Extension dirs in lookup order: PROVISIONING_LIB, then config executor.lib_dirs."""
-    from provisioning import paths
-
-    dirs = paths.env_lib_dirs()
-    try:
-        from provisioning.config import load_config
-
-        dirs += load_config().lib_dirs()
-    except Exception:  # noqa: BLE001 - a bad config is reported by the CLI, not here
-        pass
-    return list(dict.fromkeys(dirs))
 
 
 @dataclass(frozen=True)
@@ -136,12 +124,10 @@ def _parse_def(name: str, directory: Path) -> TaskservDef:
 
 
 def search_dirs(workspace: Path | None, extra: list[Path] | None = None) -> list[Path]:
-    from provisioning import paths
-
     dirs: list[Path] = []
     if workspace is not None:
         dirs.append(workspace / "taskservs")
-    for lib in (lib_dirs() if extra is None else extra):
+    for lib in (current_lib_dirs() if extra is None else extra):
         dirs.append(lib / "taskservs" / "catalog")
     dirs.append(paths.package_lib_dir() / "taskservs" / "catalog")
     return dirs

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from provisioning.config import current_lib_dirs
 from provisioning.errors import ValidationError
+from provisioning.ops.providers.base import Provider
+from provisioning.ops.state import StateStore
+
+if TYPE_CHECKING:
+    from provisioning.ops.infra import Infra
 
 BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider"}
 
@@ -25,10 +31,8 @@ def _extension_file(name: str, lib_dirs: list[Path]) -> Path | None:
 
 
 def available(lib_dirs: list[Path] | None = None) -> list[str]:
-    from provisioning.ops.taskservs import lib_dirs as default_lib_dirs
-
     names = set(BUILTIN)
-    for lib in (default_lib_dirs() if lib_dirs is None else lib_dirs):
+    for lib in (current_lib_dirs() if lib_dirs is None else lib_dirs):
         base = lib / "providers"
         if base.is_dir():
             names.update(p.name for p in base.iterdir() if (p / "provider.py").is_file())
@@ -36,10 +40,7 @@ def available(lib_dirs: list[Path] | None = None) -> list[str]:
 
 
 def provider_class(name: str, *, lib_dirs: list[Path] | None = None, where: str = "") -> type:
-    from provisioning.ops.providers.base import Provider
-    from provisioning.ops.taskservs import lib_dirs as default_lib_dirs
-
-    dirs = default_lib_dirs() if lib_dirs is None else lib_dirs
+    dirs = current_lib_dirs() if lib_dirs is None else lib_dirs
     prefix = f"{where}: " if where else ""
     if name in BUILTIN:
         module_name, attr = BUILTIN[name].split(":")
@@ -66,3 +67,18 @@ def open_provider(name: str, *, infra: str, settings: dict[str, Any], state: Any
                   lib_dirs: list[Path] | None = None):
     """A provider instance bound to one infra."""
     return provider_class(name, lib_dirs=lib_dirs)(infra=infra, settings=settings, state=state)
+
+
+def for_infra(infra: Infra, state: StateStore) -> Provider:
+    """The provider of a loaded infra."""
+    return open_provider(infra.provider, infra=infra.name, settings=infra.provider_settings,
+                         state=state)
+
+
+def from_state(infra_name: str, state: StateStore) -> Provider | None:
+    """The provider of an infra known only from state (its file may be gone)."""
+    rec = state.infra_record(infra_name)
+    if rec is None:
+        return None
+    return open_provider(rec["provider"], infra=infra_name,
+                         settings=rec.get("provider_settings", {}), state=state)
