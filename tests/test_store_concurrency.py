@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from provisioning import locks
 from provisioning.engine.model import TaskSpec, WorkflowSpec
 from provisioning.paths import DataPaths
-from provisioning.store import locks, offline
+from provisioning.store import offline
 from provisioning.store.jsonfile import JsonFileStore
 from provisioning.store.records import new_task_record, new_workflow_record
 
@@ -61,7 +62,7 @@ for _ in range(int(sys.argv[2])):
 
 HOLDER = r"""
 import sys
-from provisioning.store import locks
+from provisioning import locks
 with locks.acquire(sys.argv[1], timeout=10):
     print("locked", flush=True)
     sys.stdin.readline()

@@ -15,19 +15,24 @@ import os
 import signal
 from typing import Any
 
+import psutil
+
+from provisioning import procinfo
+from provisioning.polling import wait_until
+
 MARKER_ENV = "PROVISIONING_TASK_ID"  # every descendant inherits it; the sweep looks for it
 
 
 def tree_processes(pid: int | None, create_time: float | None, key: str) -> list:
     """Processes of a task: the main one (if it is still the same process), its
     descendants, and any process of ours carrying the task's marker."""
-    import psutil
-
     found: dict[int, Any] = {}
     if pid is not None:
         try:
-            main = psutil.Process(pid)
-            if create_time is None or abs(main.create_time() - create_time) < 0.01:
+            # No create time: our own child, not reaped yet, so the pid is still ours.
+            main = psutil.Process(pid) if create_time is None else \
+                procinfo.same_process(pid, create_time, zombies=True)
+            if main is not None:
                 found[main.pid] = main
                 for c in main.children(recursive=True):
                     found[c.pid] = c
@@ -42,8 +47,6 @@ def tree_processes(pid: int | None, create_time: float | None, key: str) -> list
 def marked_processes(keys: set[str]) -> dict[str, list]:
     """Our processes whose environment carries one of the task keys (Jenkins'
     ProcessTreeKiller trick): finds descendants that escaped the group and tree."""
-    import psutil
-
     uid = os.getuid()
     me = os.getpid()
     out: dict[str, list] = {}
@@ -91,26 +94,18 @@ def wait_gone(procs: list[Any], timeout: float) -> list[Any]:
     daemon are reaped by pid 1, which in a container may take seconds (or
     never happen), and waiting for that only stalls recovery.
     """
-    import time
-
-    import psutil
-
-    deadline = time.monotonic() + timeout
     alive = [p for p in procs if _running(p)]
-    while alive:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        # wait_procs sleeps between its checks; keep each round short so a
-        # process that turns zombie is noticed promptly.
-        psutil.wait_procs(alive, timeout=min(0.05, remaining))
-        alive = [p for p in alive if _running(p)]
+
+    def all_gone() -> bool:
+        alive[:] = [p for p in alive if _running(p)]
+        return not alive
+
+    # Short rounds: a process that turns zombie is noticed promptly.
+    wait_until(all_gone, timeout, first_delay=0.01, max_delay=0.05)
     return alive
 
 
 def _running(p: Any) -> bool:
-    import psutil
-
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -118,8 +113,6 @@ def _running(p: Any) -> bool:
 
 
 def signal_quietly(p: Any, sig: int) -> None:
-    import psutil
-
     try:
         p.send_signal(sig)
     except (psutil.Error, OSError):

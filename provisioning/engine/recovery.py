@@ -21,6 +21,7 @@ import logging
 import time
 from typing import Any
 
+from provisioning import procinfo
 from provisioning.engine import executor
 from provisioning.engine.records import add_history
 from provisioning.fsutil import read_json
@@ -46,10 +47,13 @@ def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
     for task in (t for t in unfinished.values() if t.get("status") == "running"):
         lease = task.get("lease") or {}
         pid, create_time = lease.get("pid"), lease.get("pid_create_time")
-        if _alive(pid, create_time) or marked.get(task["key"]):
+        recorded_alive = procinfo.same_process(pid, create_time, zombies=True) is not None
+        if recorded_alive or marked.get(task["key"]):
             log.warning("task %s: process tree of a previous run is still alive; killing it",
                         task["key"])
-            executor.kill_tree(pid, create_time, task["key"], kill_grace)
+            # The recorded pid only while it is still that process (never a reused pid).
+            executor.kill_tree(pid if recorded_alive else None, create_time, task["key"],
+                               kill_grace)
         now = time.time()
         checkpoint = _read_checkpoint(store.checkpoint_path(task["workflow_id"], task["id"]))
         add_history(task, {"attempt": task.get("attempts", 0), "status": "interrupted",
@@ -68,20 +72,6 @@ def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
         task.update(lease=None, updated_at=now,
                     last_lease_token=lease.get("token") or task.get("last_lease_token"))
         store.save_task(task)
-
-
-def _alive(pid: Any, create_time: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        if isinstance(create_time, (int, float)) and create_time:
-            return abs(p.create_time() - create_time) < 0.01
-        return False  # no create time recorded: cannot prove it is ours
-    except psutil.Error:
-        return False
 
 
 def _read_checkpoint(path) -> dict[str, Any]:

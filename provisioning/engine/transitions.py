@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from provisioning import procinfo
 from provisioning.engine import records as R
 from provisioning.engine.executor import TaskOutcome
 from provisioning.engine.flows import _Flow, _Running
@@ -79,7 +80,10 @@ class TaskTransitions:
                 continue
             if process.finished:
                 continue  # its completion record is on its way
-            found[1]["lease"].update(pid=process.pid, pid_create_time=_create_time(process.pid))
+            # Not reaped yet, so the pid is still ours: its create time tells a
+            # reused pid apart at recovery.
+            found[1]["lease"].update(pid=process.pid,
+                                     pid_create_time=procinfo.create_time(process.pid))
             self._save_task(found[1])
         return None
 
@@ -262,13 +266,3 @@ class TaskTransitions:
         if flow.event_waiters is not None:
             flow.event_waiters.notify_all()
 
-
-def _create_time(pid: int) -> float | None:
-    """The process's create time (recovery tells a reused pid by it). Only
-    asked while the process is known unreaped, so the pid is still ours."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
-        return None

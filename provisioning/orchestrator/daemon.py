@@ -25,6 +25,7 @@ import psutil
 from provisioning import fsutil
 from provisioning.engine.engine import Engine
 from provisioning.errors import ConfigError, ProvisioningError
+from provisioning.locks import file_lock
 from provisioning.ops.registry import OpRegistry
 from provisioning.orchestrator import auth, notify, server
 from provisioning.orchestrator.background import READY_MARKER, pipe_send
@@ -38,7 +39,6 @@ from provisioning.orchestrator.control import (
 from provisioning.orchestrator.listen import check_bind_allowed, endpoint_host
 from provisioning.store import fscheck
 from provisioning.store.jsonfile import JsonFileStore
-from provisioning.store.locks import file_lock
 
 if TYPE_CHECKING:
     from provisioning.config import Config

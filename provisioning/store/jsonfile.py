@@ -31,11 +31,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from provisioning import fsutil
+from provisioning import fsutil, locks
 from provisioning.engine.model import task_key
 from provisioning.errors import ProvisioningError
 from provisioning.paths import DataPaths
-from provisioning.store import locks, records
+from provisioning.store import records
 from provisioning.store.base import Record, Store
 from provisioning.store.events import EventLogs
 from provisioning.store.fileio import (

@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioning import fsutil
+from provisioning import fsutil, locks
 from provisioning.engine.model import SCHEMA_VERSION
-from provisioning.store import locks
 from provisioning.store.fileio import storage_errors
 
 if TYPE_CHECKING:

@@ -46,6 +46,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from provisioning import locks
 from provisioning.errors import StorageFull
 
 log = logging.getLogger("provisioning.store")
@@ -61,8 +62,6 @@ def writer_lock_path(data_dir: Path) -> Path:
 
 def wait_for_old_writer(data_dir: Path, timeout: float = START_TIMEOUT) -> None:
     """Return once no writer process of an earlier daemon is left writing."""
-    from provisioning.store import locks
-
     with locks.acquire(writer_lock_path(data_dir), timeout=timeout):
         pass
 
@@ -153,7 +152,6 @@ def main() -> None:
     import signal
 
     from provisioning.paths import DataPaths
-    from provisioning.store import locks
     from provisioning.store.jsonfile import JsonFileStore
 
     _die_with_parent(int(sys.argv[2]))
