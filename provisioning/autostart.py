@@ -11,20 +11,17 @@ starts its own programs) with our data dir, host and port made explicit.
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import tempfile
-import time
 import urllib.parse
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from filelock import FileLock, Timeout
-
+from provisioning import locks
 from provisioning.client import Client, client_for, probe
 from provisioning.errors import START_HINT, OrchestratorUnavailable
 from provisioning.fsutil import ensure_private_dir
+from provisioning.polling import wait_until
 from provisioning.selfexec import orchestrator_command
 
 if TYPE_CHECKING:
@@ -43,14 +40,6 @@ def _loopback_bind(endpoint: str) -> tuple[str, int]:
             "so it cannot be auto-started",
             hint="start the orchestrator on that host, or run with --direct")
     return host, port
-
-
-def _file_lock(path: Path, timeout: float):
-    """A flock-based FileLock (never the soft fallback), 0600, finite timeout."""
-    kwargs: dict[str, Any] = {"timeout": timeout, "mode": 0o600}
-    if "fallback_to_soft" in inspect.signature(FileLock.__init__).parameters:
-        kwargs["fallback_to_soft"] = False
-    return FileLock(str(path), **kwargs)
 
 
 def orchestrator_env(config: Config, endpoint: str) -> tuple[dict[str, str], str, int]:
@@ -104,18 +93,6 @@ def spawn_daemon(config: Config, endpoint: str, *,
     return code, text
 
 
-def _wait_healthy(client: Client, deadline: float) -> dict[str, Any] | None:
-    delay = 0.02
-    while True:
-        health = probe(client)
-        if health is not None:
-            return health
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.5)
-
-
 def _last_lines(text: str, n: int = 5) -> str:
     return " | ".join(text.strip().splitlines()[-n:])
 
@@ -135,9 +112,8 @@ def start_orchestrator(config: Config, endpoint: str | None = None, *,
     paths = config.data_paths()
     ensure_private_dir(paths.data_dir)
     limit = config.orchestrator.start_timeout_seconds
-    lock = _file_lock(paths.spawn_lock, timeout=limit + 10)
     try:
-        with lock:
+        with locks.acquire(paths.spawn_lock, timeout=limit + 10):
             health = probe(client)  # somebody else may have won the race
             if health is not None:
                 return client, False
@@ -145,9 +121,9 @@ def start_orchestrator(config: Config, endpoint: str | None = None, *,
             # --daemon returns after readiness; the poll covers a daemon that
             # answers a moment later. A failed start gets one last look (a
             # daemon started outside our lock, by systemd or a user).
-            wait = limit if code == 0 else 0
-            health = _wait_healthy(client, time.monotonic() + wait)
-    except Timeout:
+            health = wait_until(lambda: probe(client), limit if code == 0 else 0,
+                                first_delay=0.02, max_delay=0.5)
+    except locks.LockBusy:
         raise OrchestratorUnavailable(
             f"another process is starting the orchestrator and it did not answer "
             f"within {limit + 10}s", hint=f"see {paths.daemon_log}") from None

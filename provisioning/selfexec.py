@@ -15,6 +15,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 ENTRY_ENV = "PROVISIONING_ENTRY"
 
@@ -37,6 +38,18 @@ def orchestrator_command() -> tuple[list[str], dict[str, str]]:
         if c.is_file() and os.access(c, os.X_OK):
             return [str(c)], {}
     return [sys.executable, "-m", "provisioning.orchestrator.main"], {}
+
+
+def looks_like_orchestrator(proc: Any) -> bool:
+    """Whether a psutil.Process runs one of the command lines above (the check
+    before a pidfile's pid is trusted: pids get reused)."""
+    try:
+        if any("orchestrator" in part for part in proc.cmdline()):
+            return True
+        # the zipapp runs as `python provisioning.pyz` with PROVISIONING_ENTRY=orchestrator
+        return proc.environ().get(ENTRY_ENV) == "orchestrator"
+    except Exception:  # psutil.Error: gone, or not ours to inspect
+        return False
 
 
 def package_parent_dir() -> str:

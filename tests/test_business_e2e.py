@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.ops import procs
+from provisioning import procinfo
 from tests.conftest import REPO, run_cli
 from tests.test_taskservs import reap_services, recorded_processes  # noqa: F401
 
@@ -46,7 +46,7 @@ def assert_services_answer(views: list[dict]) -> None:
 
 
 def assert_torn_down(data: Path, pids: list[dict], views: list[dict]) -> None:
-    assert pids and not any(procs.alive(p) for p in pids)
+    assert pids and not any(procinfo.is_alive(p) for p in pids)
     for v in views:
         assert not Path(v["root"]).exists()
     assert not (data / "state" / "local" / "demo").exists()

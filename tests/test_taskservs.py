@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from provisioning import procinfo
 from provisioning.errors import ProvisioningError, ValidationError
 from provisioning.ops import installs, procs, providers, servers
 from provisioning.ops.infra import load_infra
@@ -95,7 +96,7 @@ def test_install_runs_real_services_idempotently(workspace, reap_services):
                                                                                        state))
 
     psutil.Process(proc["pid"]).kill()  # the service dies behind our back
-    wait_for(lambda: not procs.alive(proc), what="web to die")
+    wait_for(lambda: not procinfo.is_alive(proc), what="web to die")
     [view] = servers.list_views("demo")
     assert view["status"] == "degraded"
     assert {t["name"]: t["status"] for t in view["taskservs"]} == {"kvstore": "running",
@@ -107,7 +108,7 @@ def test_install_runs_real_services_idempotently(workspace, reap_services):
     pids = [p for t in state.taskservs("demo", "web-1") for p in t["processes"]]
     out = servers.delete("demo", "web-1", r, provider=providers.for_infra(infra, state))
     assert out["changed"] is True
-    assert not any(procs.alive(p) for p in pids)
+    assert not any(procinfo.is_alive(p) for p in pids)
     assert not Path(srv["root"]).exists()
     assert servers.list_views("demo") == []
     missing = servers.delete("demo", "web-1", r, provider=providers.for_infra(infra, state))

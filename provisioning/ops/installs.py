@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provisioning import procinfo
 from provisioning.errors import ProvisioningError
 from provisioning.ops import procs, providers
 from provisioning.ops.infra import Infra
@@ -56,7 +57,7 @@ def taskserv_status(rec: dict[str, Any]) -> str:
     status = rec.get("status", "unknown")
     if status == "installed":
         processes = rec.get("processes", [])
-        if processes and not all(procs.alive(p) for p in processes):
+        if processes and not all(procinfo.is_alive(p) for p in processes):
             return "dead"
         return "running"
     return status
@@ -169,7 +170,7 @@ def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict
         _relay(report, f"{tdef.name} install", proc.stdout)
         _relay(report, f"{tdef.name} install", proc.stderr)
         for pid in _pids_from(proc.stdout):
-            ident = procs.identify(pid)
+            ident = procinfo.identity(pid)
             if ident:
                 record["processes"].append(ident)
         if proc.returncode != 0:

@@ -1,8 +1,8 @@
-"""Processes we started (services): identify by pid + create time, stop exactly them.
+"""Processes we started (services): stop exactly them; their health checks.
 
-A pid alone may have been reused by the time we look; psutil's create_time
-(rounded the same way on both sides) confirms the process is the one we
-recorded before anything is signalled.
+A pid alone may have been reused by the time we look: a service's record is
+provisioning.procinfo's identity (pid + create time), and nothing is
+signalled before procinfo confirms it is still that process.
 
 psutil is imported in each function that uses it (lazy): it costs ~20 ms,
 and `server list` with nothing recorded never needs it (bench/cli_start.py).
@@ -11,38 +11,12 @@ and `server list` with nothing recorded never needs it (bench/cli_start.py).
 from __future__ import annotations
 
 import socket
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-
-def identify(pid: int) -> dict[str, Any] | None:
-    """{"pid", "create_time"} of a live process, or None."""
-    import psutil  # lazy: see the module docstring
-
-    try:
-        return {"pid": pid, "create_time": round(psutil.Process(pid).create_time(), 2)}
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
-def _process(rec: dict[str, Any]):
-    import psutil  # lazy: see the module docstring
-
-    try:
-        p = psutil.Process(int(rec["pid"]))
-        if round(p.create_time(), 2) != round(float(rec["create_time"]), 2):
-            return None  # the pid was reused: not ours
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p
-    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, TypeError, ValueError):
-        return None
-
-
-def alive(rec: dict[str, Any]) -> bool:
-    return _process(rec) is not None
+from provisioning import procinfo
+from provisioning.polling import wait_until
 
 
 def stop(rec: dict[str, Any], grace: float = 5.0) -> bool:
@@ -52,7 +26,7 @@ def stop(rec: dict[str, Any], grace: float = 5.0) -> bool:
     """
     import psutil  # lazy: see the module docstring
 
-    p = _process(rec)
+    p = procinfo.same_process(rec.get("pid"), rec.get("create_time"))
     if p is None:
         return False
     try:
@@ -87,13 +61,13 @@ def _gone(p) -> bool:
 
 def _wait_gone(procs_: list, timeout: float) -> list:
     """Poll (with backoff, up to `timeout`) until each process exited; the rest."""
-    end = time.monotonic() + timeout
-    delay = 0.01
-    left = [p for p in procs_ if not _gone(p)]
-    while left and time.monotonic() < end:
-        time.sleep(min(delay, max(0.0, end - time.monotonic())))
-        delay = min(delay * 2, 0.2)
-        left = [p for p in left if not _gone(p)]
+    left = list(procs_)
+
+    def all_gone() -> bool:
+        left[:] = [p for p in left if not _gone(p)]
+        return not left
+
+    wait_until(all_gone, timeout, max_delay=0.2)
     return left
 
 
@@ -126,12 +100,12 @@ def check_once(kind: str, address: str, port: int, *, path: str = "/", send: str
 
 def wait_healthy(kind: str, address: str, port: int, *, deadline_s: float = 20.0,
                  **kw: Any) -> tuple[bool, str]:
-    """Probe with backoff until healthy or the deadline passes."""
-    end = time.monotonic() + deadline_s
-    delay = 0.05
-    while True:
-        ok, detail = check_once(kind, address, port, **kw)
-        if ok or time.monotonic() >= end:
-            return ok, detail
-        time.sleep(min(delay, max(0.0, end - time.monotonic())))
-        delay = min(delay * 2, 1.0)
+    """Probe with backoff until healthy or the deadline passes; the last probe's answer."""
+    last: list[tuple[bool, str]] = []
+
+    def healthy() -> bool:
+        last[:] = [check_once(kind, address, port, **kw)]
+        return last[0][0]
+
+    wait_until(healthy, deadline_s, first_delay=0.05, max_delay=1.0)
+    return last[0]

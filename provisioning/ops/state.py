@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from provisioning import locks
 from provisioning.config import load_config
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 
@@ -36,15 +37,11 @@ def data_dir() -> Path:
     return Path(load_config().storage.data_dir).expanduser()
 
 
-def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
-    """A flock-based FileLock with a finite timeout (never the soft fallback)."""
-    from filelock import FileLock
-
+def hold_lock(path: Path, timeout: float = LOCK_TIMEOUT_S):
+    """`with hold_lock(path):` the state lock file `path` (its dir made first),
+    through provisioning.locks; LockBusy (exit 1) after `timeout` s."""
     ensure_private_dir(path.parent)
-    try:
-        return FileLock(str(path), timeout=timeout, fallback_to_soft=False)
-    except TypeError:  # filelock < 4 has no soft fallback to turn off
-        return FileLock(str(path), timeout=timeout)
+    return locks.acquire(path, timeout)
 
 
 class StateStore:
@@ -72,7 +69,7 @@ class StateStore:
 
     def lock(self, infra: str, host: str | None = None):
         name = f"{infra}.{host}.lock" if host else f"{infra}.lock"
-        return file_lock(self.state_dir / "locks" / name)
+        return hold_lock(self.state_dir / "locks" / name)
 
     # -- generic record I/O ----------------------------------------------
     def _write(self, path: Path, record: dict[str, Any]) -> None:

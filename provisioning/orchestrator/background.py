@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 from provisioning import fsutil
 from provisioning.client import probe
 from provisioning.errors import ProvisioningError
-from provisioning.orchestrator.control import new_instance_id, read_pidfile, running_daemon
+from provisioning.orchestrator.control import (
+    PidInfo,
+    new_instance_id,
+    read_pidfile,
+    running_daemon,
+)
+from provisioning.polling import wait_until
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -110,48 +116,53 @@ def _become_daemon(log_path: Path) -> None:
     os.close(out)
 
 
+def _first_line(read_fd: int, deadline: float) -> tuple[str, bool]:
+    """The first line the grandchild writes on the pipe ("" if none came by the
+    deadline), and whether it closed the pipe (EOF)."""
+    buffer = b""
+    while b"\n" not in buffer:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([read_fd], [], [], remaining)[0]:
+            return "", False
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            return "", True
+        buffer += chunk
+    return buffer.decode(errors="replace").split("\n", 1)[0], False
+
+
+def _answering(data_paths: DataPaths, instance_id: str) -> PidInfo | None:
+    """The pidfile's daemon, once it is ours and its /health names our instance id."""
+    info = read_pidfile(data_paths.pid_file)
+    if info is None or info.instance_id != instance_id:
+        return None
+    health = probe(info.url)
+    return info if health is not None and health.get("instance_id") == instance_id else None
+
+
 def _await_ready(data_paths: DataPaths, instance_id: str, read_fd: int, timeout: float,
                  log_offset: int, out) -> int:
     deadline = time.monotonic() + timeout
-    buffer = b""
-    delay = 0.01
-    port: int | None = None
-    child_done = False
-    while time.monotonic() < deadline:
-        if not child_done:
-            wait_s = min(delay, max(0.0, deadline - time.monotonic()))
-            readable, _, _ = select.select([read_fd], [], [], wait_s)
-            if readable:
-                chunk = os.read(read_fd, 4096)
-                buffer += chunk
-                if not chunk:
-                    child_done = True
-        line = buffer.decode(errors="replace").split("\n", 1)[0] if b"\n" in buffer else ""
-        word, _, rest = line.partition(" ")
-        if word == ALREADY_MARKER:
-            out(f"already running (pid {rest})")
+    line, child_done = _first_line(read_fd, deadline)
+    word, _, rest = line.partition(" ")
+    if word == ALREADY_MARKER:
+        out(f"already running (pid {rest})")
+        return 0
+    if word == ERROR_MARKER:
+        code, _, message = rest.partition(" ")
+        raise ProvisioningError(f"orchestrator failed to start: {message}",
+                                exit_code=int(code) if code.isdigit() else 1,
+                                hint=f"log: {data_paths.daemon_log}")
+    ready = word == READY_MARKER and rest.isdigit()
+    if ready:
+        info = wait_until(lambda: _answering(data_paths, instance_id),
+                          deadline - time.monotonic())
+        if info is not None:
+            out(f"started (pid {info.pid}, {info.url})")
             return 0
-        if word == ERROR_MARKER:
-            code, _, message = rest.partition(" ")
-            raise ProvisioningError(f"orchestrator failed to start: {message}",
-                                    exit_code=int(code) if code.isdigit() else 1,
-                                    hint=f"log: {data_paths.daemon_log}")
-        if word == READY_MARKER:
-            port = int(rest) if rest.isdigit() else None
-        if port is not None:
-            info = read_pidfile(data_paths.pid_file)
-            if info is not None and info.instance_id == instance_id:
-                health = probe(info.url)
-                if health is not None and health.get("instance_id") == instance_id:
-                    out(f"started (pid {info.pid}, {info.url})")
-                    return 0
-        elif child_done:
-            break  # died without saying why: the log tells
-        if child_done:
-            time.sleep(delay)
-        delay = min(delay * 2, 0.2)
     tail = _log_tail(data_paths.daemon_log) if data_paths.daemon_log.exists() else ""
-    reason = "exited during start-up" if child_done and port is None else \
+    # EOF without "ready": it died, and the log says why
+    reason = "exited during start-up" if child_done and not ready else \
         f"did not answer /health within {timeout:g}s"
     raise ProvisioningError(
         f"orchestrator {reason}" + (f"; last log lines:\n{tail}" if tail else ""),

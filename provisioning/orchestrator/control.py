@@ -10,18 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import psutil
-
-from provisioning import fsutil
+from provisioning import fsutil, procinfo
 from provisioning.client import probe
 from provisioning.errors import EXIT_FAILED, EXIT_UNAVAILABLE, ProvisioningError
 from provisioning.orchestrator.listen import endpoint_host
+from provisioning.polling import wait_until
+from provisioning.selfexec import looks_like_orchestrator
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -83,27 +82,10 @@ def remove_pidfile(path: Path, instance_id: str | None = None) -> None:
         pass
 
 
-def _looks_like_orchestrator(proc: Any) -> bool:
-    try:
-        if any("orchestrator" in part for part in proc.cmdline()):
-            return True
-        # the zipapp runs as `python provisioning.pyz` with PROVISIONING_ENTRY=orchestrator
-        return proc.environ().get("PROVISIONING_ENTRY") == "orchestrator"
-    except Exception:  # psutil.Error: gone, or not ours to inspect
-        return False
-
-
 def process_is_ours(info: PidInfo) -> bool:
     """True only if info.pid is the very process that wrote the pidfile."""
-    try:
-        proc = psutil.Process(info.pid)
-        if abs(proc.create_time() - info.create_time) > 0.05:
-            return False  # the pid was reused by another process
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-    except psutil.Error:
-        return False
-    return _looks_like_orchestrator(proc)
+    proc = procinfo.same_process(info.pid, info.create_time)  # None: gone, reused, zombie
+    return proc is not None and looks_like_orchestrator(proc)
 
 
 def running_daemon(data_paths: DataPaths) -> PidInfo | None:
@@ -119,20 +101,8 @@ def running_daemon(data_paths: DataPaths) -> PidInfo | None:
 
 def _wait_gone(pid: int, create_time: float, timeout: float) -> bool:
     """Poll (with backoff) until the process is gone or a zombie."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        try:
-            proc = psutil.Process(pid)
-            if (abs(proc.create_time() - create_time) > 0.05
-                    or proc.status() == psutil.STATUS_ZOMBIE):
-                return True
-        except psutil.Error:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
+    return bool(wait_until(lambda: procinfo.same_process(pid, create_time) is None, timeout,
+                           max_delay=0.25))
 
 
 def stop_daemon(config: Config, out=print) -> int:

@@ -19,13 +19,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-import filelock
-import psutil
-
-from provisioning import fsutil
+from provisioning import fsutil, locks, procinfo
 from provisioning.engine.engine import Engine
 from provisioning.errors import ConfigError, ProvisioningError
-from provisioning.locks import file_lock
 from provisioning.ops.registry import OpRegistry
 from provisioning.orchestrator import auth, notify, server
 from provisioning.orchestrator.background import READY_MARKER, pipe_send
@@ -37,10 +33,13 @@ from provisioning.orchestrator.control import (
     write_pidfile,
 )
 from provisioning.orchestrator.listen import check_bind_allowed, endpoint_host
+from provisioning.polling import wait_until
 from provisioning.store import fscheck
 from provisioning.store.jsonfile import JsonFileStore
 
 if TYPE_CHECKING:
+    from filelock import FileLock
+
     from provisioning.config import Config
     from provisioning.paths import DataPaths
 
@@ -70,20 +69,17 @@ def acquire_singleton(data_paths: DataPaths):
     pidfile, so a busy lock without a confirmed pidfile is re-checked for a
     short while to name the pid.
     """
-    lock = file_lock(data_paths.daemon_lock)
-    deadline = time.monotonic() + 3.0
-    delay = 0.02
-    while True:
-        try:
-            lock.acquire(timeout=0)
-            return lock
-        except filelock.Timeout:
-            pass
-        info = running_daemon(data_paths)
-        if info is not None or time.monotonic() >= deadline:
-            raise AlreadyRunning(info.pid if info else None)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
+    def lock_or_owner() -> tuple[FileLock | None, PidInfo | None] | None:
+        lock = locks.try_acquire(data_paths.daemon_lock)
+        if lock is not None:
+            return lock, None
+        owner = running_daemon(data_paths)
+        return (None, owner) if owner is not None else None
+
+    lock, owner = wait_until(lock_or_owner, 3.0, first_delay=0.02) or (None, None)
+    if lock is None:
+        raise AlreadyRunning(owner.pid if owner else None)
+    return lock
 
 
 class Orchestrator:
@@ -126,7 +122,7 @@ class Orchestrator:
         self.port = self.server.server_address[1]
         endpoint = f"http://{endpoint_host(config.server.host)}:{self.port}"
         write_pidfile(self.data_paths.pid_file, PidInfo(
-            pid=os.getpid(), create_time=psutil.Process().create_time(),
+            pid=os.getpid(), create_time=procinfo.create_time(os.getpid()) or 0.0,
             instance_id=self.instance_id, port=self.port, host=config.server.host,
             started_at=time.time()))
         registry = OpRegistry.from_config(config)

@@ -29,7 +29,7 @@ from typing import Any
 from provisioning.errors import ProvisioningError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 from provisioning.ops.providers.base import Provider
-from provisioning.ops.state import file_lock
+from provisioning.ops.state import hold_lock
 
 SUBDIRS = ("etc", "srv", "var", "log", "run", "opt")
 SETTINGS = {"loopback": ("auto", "shared")}
@@ -71,7 +71,7 @@ class LocalProvider(Provider):
     def _allocate(self, hostname: str) -> dict[str, Any]:
         """Address and port offset for a server, recorded under the table's lock."""
         key = f"{self.infra}/{hostname}"
-        with file_lock(self.state.state_dir / "locks" / "local-addresses.lock"):
+        with hold_lock(self.state.state_dir / "locks" / "local-addresses.lock"):
             try:
                 table = read_json(self._table_file())
             except (OSError, ValueError):
@@ -108,7 +108,7 @@ class LocalProvider(Provider):
 
     def _release(self, hostname: str) -> None:
         key = f"{self.infra}/{hostname}"
-        with file_lock(self.state.state_dir / "locks" / "local-addresses.lock"):
+        with hold_lock(self.state.state_dir / "locks" / "local-addresses.lock"):
             try:
                 table = read_json(self._table_file())
             except (OSError, ValueError):
