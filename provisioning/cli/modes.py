@@ -14,21 +14,18 @@ Decision order for a command key such as `server.create`:
 
 from __future__ import annotations
 
-import sys
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING
 
-from provisioning.cli.monitor import Monitor
-from provisioning.errors import EXIT_INTERRUPTED, OrchestratorUnavailable, Unreachable, UsageError
-from provisioning.fsutil import ensure_private_dir
+from provisioning.cli.direct import DIRECT, run_direct
+from provisioning.cli.monitor import follow
+from provisioning.errors import OrchestratorUnavailable, Unreachable, UsageError
 
 if TYPE_CHECKING:
     from provisioning.cli.context import AppContext
     from provisioning.client import Client
     from provisioning.engine.model import WorkflowSpec
 
-DIRECT = "direct"
-DIRECT_FILES_MAX_AGE_S = 7 * 86400  # task logs of direct runs older than this are removed
 ORCHESTRATED = "orchestrated"
 AUTO = "auto"
 
@@ -149,42 +146,3 @@ def connect(app: AppContext) -> Client:
     """A ready client for commands that only make sense with the daemon
     (workflow status/list/..., batch ...): auto-starts it per auto_start."""
     return _connect(app)
-
-
-def follow(app: AppContext, source, workflow_id: str, *, mode: str,
-           detachable: bool = True) -> int:
-    """Attach the monitor; with --json print the final summary on stdout."""
-    monitor = Monitor(source, workflow_id, stream=sys.stderr if app.json_output else sys.stdout,
-                      reconnect_seconds=app.config.orchestrator.timeout_seconds,
-                      detachable=detachable)
-    code = monitor.run()
-    if app.json_output and monitor.view is not None and code != EXIT_INTERRUPTED:
-        view = monitor.view
-        app.emit_json({"workflow_id": workflow_id, "status": view.get("status"), "mode": mode,
-                       "counts": view.get("counts", {}), "duration_s": view.get("duration_s")})
-    return code
-
-
-def run_direct(app: AppContext, spec: WorkflowSpec) -> int:
-    """Run `spec` in this process through the same engine the daemon hosts."""
-    # lazy: the in-process engine and its store only for a direct run
-    from provisioning.engine.engine import Engine
-    from provisioning.store.memory import MemoryStore
-
-    cfg = app.config
-    files_dir = ensure_private_dir(cfg.data_paths().data_dir / "direct")
-    store = MemoryStore(files_dir=files_dir)
-    store.prune_files(DIRECT_FILES_MAX_AGE_S)  # logs of direct runs are kept a week
-    engine = Engine(store, cfg)
-    engine.start()
-    try:
-        view = engine.submit(spec)
-        workflow_id = view["workflow_id"]
-        app.debug(f"running workflow {workflow_id} in-process ({len(spec.tasks)} tasks)")
-        code = follow(app, engine, workflow_id, mode=DIRECT, detachable=False)
-        if code == EXIT_INTERRUPTED:
-            app.log("interrupted: cancelling the in-process workflow")
-            engine.cancel(workflow_id)
-        return code
-    finally:
-        engine.shutdown(cfg.executor.kill_grace_seconds)

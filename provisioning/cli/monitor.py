@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from provisioning.errors import (
     EXIT_FAILED,
@@ -26,6 +27,9 @@ from provisioning.errors import (
     ServiceUnavailable,
     Unreachable,
 )
+
+if TYPE_CHECKING:
+    from provisioning.cli.context import AppContext
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 TTY_POLL_S = 1.0  # the elapsed clock ticks at this rate on a terminal
@@ -270,3 +274,18 @@ class Monitor:
         self._draw()
         self._write(outcome_line(view) + "\n")
         return EXIT_OK if view.get("status") == "succeeded" else EXIT_FAILED
+
+
+def follow(app: AppContext, source, workflow_id: str, *, mode: str,
+           detachable: bool = True) -> int:
+    """Attach the monitor to `source` (a Client, an Engine, a direct run's trace);
+    with --json print the final summary on stdout."""
+    monitor = Monitor(source, workflow_id, stream=sys.stderr if app.json_output else sys.stdout,
+                      reconnect_seconds=app.config.orchestrator.timeout_seconds,
+                      detachable=detachable)
+    code = monitor.run()
+    if app.json_output and monitor.view is not None and code != EXIT_INTERRUPTED:
+        view = monitor.view
+        app.emit_json({"workflow_id": workflow_id, "status": view.get("status"), "mode": mode,
+                       "counts": view.get("counts", {}), "duration_s": view.get("duration_s")})
+    return code

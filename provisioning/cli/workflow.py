@@ -3,7 +3,9 @@
 Both groups drive the same engine through the same API; a batch is a workflow
 submitted with kind "batch" (and `batch list` shows only those). Everything
 but `submit --direct` needs the orchestrator, which is auto-started per
-`orchestrator.auto_start` (its durable queue is where the workflows live).
+`orchestrator.auto_start` (its durable queue is where the workflows live);
+`status`, `monitor` and `logs` of an id a direct run printed answer from that
+run's trace instead (cli/direct.py), with no daemon.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 import click
 
 from provisioning.cli.context import AppContext
-from provisioning.cli.modes import ORCHESTRATED, connect, execute, follow
-from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, task_row
+from provisioning.cli.direct import DIRECT, DirectRun, find_direct_run
+from provisioning.cli.modes import ORCHESTRATED, connect, execute
+from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, follow, task_row
 from provisioning.engine.loader import load_workflow_file
-from provisioning.errors import NotFound, UsageError
+from provisioning.errors import Conflict, NotFound, UsageError
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -36,6 +39,20 @@ def _total(view: dict[str, Any]) -> int:
 # -- shared command bodies ---------------------------------------------------------
 
 
+def _source(app: AppContext, workflow_id: str) -> Any:
+    """Where a workflow is read from: the trace of a direct run under this data
+    dir (no daemon needed), else the daemon (auto-started per auto_start)."""
+    return find_direct_run(app.config, workflow_id) or connect(app)
+
+
+def _not_direct(app: AppContext, workflow_id: str, verb: str) -> None:
+    run = find_direct_run(app.config, workflow_id)
+    if run is not None:
+        raise Conflict(f"workflow {workflow_id} was a direct run, finished "
+                       f"{run.view.get('status')}: there is nothing to {verb}",
+                       hint="run the command again to repeat it")
+
+
 def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
     spec = load_workflow_file(file)  # validation errors: exit 2, nothing submitted
     if kind == "batch" or spec.kind in ("", "workflow"):
@@ -46,12 +63,14 @@ def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
 
 
 def _status(app: AppContext, workflow_id: str) -> None:
-    view = connect(app).get_workflow(workflow_id)
+    view = _source(app, workflow_id).get_workflow(workflow_id)
     if app.json_output:
         app.emit_json(view)
         return
     click.echo(f"Workflow {view['workflow_id']}  {view.get('name', '')}  ({view.get('kind')})")
     click.echo(f"  status    {view.get('status')}")
+    if view.get("mode") == DIRECT:
+        click.echo("  mode      direct (ran in the CLI process; kept in the data dir)")
     click.echo(f"  created   {_when(view.get('created_at'))}")
     click.echo(f"  elapsed   {fmt_duration(elapsed_of(view))}")
     click.echo(f"  tasks     {counts_line(view)}")
@@ -62,7 +81,9 @@ def _status(app: AppContext, workflow_id: str) -> None:
 
 
 def _monitor(app: AppContext, workflow_id: str) -> None:
-    code = follow(app, connect(app), workflow_id, mode=ORCHESTRATED)
+    source = _source(app, workflow_id)
+    mode = DIRECT if isinstance(source, DirectRun) else ORCHESTRATED
+    code = follow(app, source, workflow_id, mode=mode)
     if code:
         raise click.exceptions.Exit(code)
 
@@ -137,6 +158,7 @@ def workflow_list(app: AppContext, status: str | None) -> None:
 @click.pass_obj
 def workflow_cancel(app: AppContext, workflow_id: str) -> None:
     """Cancel running and pending tasks (completed ones stay completed)."""
+    _not_direct(app, workflow_id, "cancel")
     view = connect(app).cancel(workflow_id)
     if app.json_output:
         app.emit_json(view)
@@ -150,6 +172,7 @@ def workflow_cancel(app: AppContext, workflow_id: str) -> None:
 @click.pass_obj
 def workflow_retry(app: AppContext, workflow_id: str, wait: bool) -> None:
     """Re-run failed, cancelled and skipped tasks from their checkpoints."""
+    _not_direct(app, workflow_id, "retry")
     client = connect(app)
     view = client.retry(workflow_id)
     if not wait:
@@ -178,7 +201,7 @@ def workflow_logs(app: AppContext, workflow_id: str, task_id: str | None,
 
 
 def _logs(app: AppContext, workflow_id: str, task_id: str | None, *, follow: bool) -> None:
-    client = connect(app)
+    client = _source(app, workflow_id)
     view = client.get_workflow(workflow_id)
     tasks = view.get("tasks") or []
     if task_id is not None:
