@@ -142,10 +142,11 @@ def main() -> int:
     # Our children (task ops, a re-launched CLI) pick their own entry.
     os.environ.pop(ENTRY_ENV, None)
     try:
+        # lazy (both): only the entry point asked for, once the platform check passed
         if orchestrator:
-            from provisioning.orchestrator.main import main as entry
+            from provisioning.orchestrator.main import main as entry  # lazy
         else:
-            from provisioning.cli.main import main as entry
+            from provisioning.cli.main import main as entry  # lazy
         return entry()
     except ImportError as e:
         # The cheap checks passed but the loader still refused (an exotic
