@@ -251,7 +251,23 @@ def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,
     workspace = directory.parent.parent if directory.parent.name == "infra" else None
     catalog = taskservs.Catalog.load(workspace=workspace, lib_dirs=lib_dirs)
 
-    raw_servers = data.get("servers", [])
+    servers, seen = _parse_servers(file, data.get("servers", []), catalog)
+    for ts_name in ts_settings:
+        if ts_name not in catalog.defs:
+            raise ValidationError(f"{file}: [taskservs.{ts_name}]: unknown taskserv '{ts_name}'",
+                                  hint=f"available: {', '.join(sorted(catalog.defs))}")
+
+    clusters = _parse_clusters(file, data.get("clusters", {}), servers, seen)
+    return Infra(name=name, dir=directory, file=file, provider=provider,
+                 provider_settings=dict(provider_settings), settings=dict(settings),
+                 taskserv_settings={k: dict(v) for k, v in ts_settings.items()},
+                 servers=tuple(servers), clusters=clusters,
+                 description=head.get("description", ""), catalog=catalog)
+
+
+def _parse_servers(file: Path, raw_servers: Any, catalog: Any
+                   ) -> tuple[list[ServerDef], dict[str, int]]:
+    """The [[servers]] tables, checked; and each hostname's index (for messages)."""
     if not isinstance(raw_servers, list) or not all(isinstance(s, dict) for s in raw_servers):
         raise ValidationError(f"{file}: servers must be an array of tables ([[servers]])")
     servers: list[ServerDef] = []
@@ -282,12 +298,12 @@ def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,
         servers.append(ServerDef(hostname=host, plan=raw.get("plan", "small"),
                                  zone=raw.get("zone", "local"), taskservs=names,
                                  labels=dict(labels)))
-    for ts_name in ts_settings:
-        if ts_name not in catalog.defs:
-            raise ValidationError(f"{file}: [taskservs.{ts_name}]: unknown taskserv '{ts_name}'",
-                                  hint=f"available: {', '.join(sorted(catalog.defs))}")
+    return servers, seen
 
-    raw_clusters = data.get("clusters", {})
+
+def _parse_clusters(file: Path, raw_clusters: Any, servers: list[ServerDef],
+                    seen: dict[str, int]) -> dict[str, ClusterDef]:
+    """The [clusters.NAME] tables, checked against the servers."""
     if not isinstance(raw_clusters, dict):
         raise ValidationError(f"{file}: [clusters] must hold one table per cluster")
     clusters: dict[str, ClusterDef] = {}
@@ -303,9 +319,4 @@ def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,
                 raise ValidationError(f"{file}: {where}.servers: unknown server '{m}'",
                                       hint=f"servers: {', '.join(seen) or 'none'}")
         clusters[cname] = ClusterDef(cname, members, raw.get("description", ""))
-
-    return Infra(name=name, dir=directory, file=file, provider=provider,
-                 provider_settings=dict(provider_settings), settings=dict(settings),
-                 taskserv_settings={k: dict(v) for k, v in ts_settings.items()},
-                 servers=tuple(servers), clusters=clusters,
-                 description=head.get("description", ""), catalog=catalog)
+    return clusters

@@ -81,13 +81,7 @@ def install(infra: Infra, hostname: str, name: str, report: Any, *,
             raise ProvisioningError(
                 f"server {hostname} of infra {infra.name} does not exist; create it first",
                 hint=f"provisioning server create {hostname} --infra {infra.name}")
-        required_ports: dict[str, dict[str, int]] = {}
-        for req in tdef.requires:
-            rec = state.taskserv(infra.name, hostname, req)
-            if rec is None or taskserv_status(rec) != "running":
-                raise ProvisioningError(f"taskserv {name} requires {req}, which is not running "
-                                        f"on {hostname}", hint=f"install {req} first")
-            required_ports[req] = rec.get("ports", {})
+        required_ports = _required_ports(infra.name, hostname, tdef, state)
 
         existing = state.taskserv(infra.name, hostname, name)
         if existing and taskserv_status(existing) == "running":
@@ -131,6 +125,19 @@ def install(infra: Infra, hostname: str, name: str, report: Any, *,
     report.progress(100, message)
     return {"taskserv": name, "hostname": hostname, "changed": True, "ports": ports,
             "address": server["address"], "message": message}
+
+
+def _required_ports(infra_name: str, hostname: str, tdef: Any, state: StateStore
+                    ) -> dict[str, dict[str, int]]:
+    """The ports of each taskserv `tdef` requires, all of which must be running."""
+    required_ports: dict[str, dict[str, int]] = {}
+    for req in tdef.requires:
+        rec = state.taskserv(infra_name, hostname, req)
+        if rec is None or taskserv_status(rec) != "running":
+            raise ProvisioningError(f"taskserv {tdef.name} requires {req}, which is not "
+                                    f"running on {hostname}", hint=f"install {req} first")
+        required_ports[req] = rec.get("ports", {})
+    return required_ports
 
 
 def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict[str, int],
