@@ -87,6 +87,14 @@ class StateStore:
             return None  # a torn or foreign file reads as absent; writers replace it
         return data if isinstance(data, dict) else None
 
+    @classmethod
+    def _read_all(cls, directory: Path) -> list[dict[str, Any]]:
+        """Every readable record in `directory`, by file name; none if it is absent."""
+        if not directory.is_dir():
+            return []
+        out = [cls._read(p) for p in sorted(directory.glob("*.json"))]
+        return [r for r in out if r]
+
     @staticmethod
     def _remove(path: Path) -> bool:
         try:
@@ -138,11 +146,7 @@ class StateStore:
         return self._read(self.server_file(infra, host))
 
     def servers(self, infra: str) -> list[dict[str, Any]]:
-        d = self.infra_dir(infra) / "servers"
-        if not d.is_dir():
-            return []
-        out = [self._read(p) for p in sorted(d.glob("*.json"))]
-        return [r for r in out if r]
+        return self._read_all(self.infra_dir(infra) / "servers")
 
     def remove_server(self, infra: str, host: str) -> bool:
         removed = self._remove(self.server_file(infra, host))
@@ -159,11 +163,7 @@ class StateStore:
         return self._read(self.taskserv_file(infra, host, name))
 
     def taskservs(self, infra: str, host: str) -> list[dict[str, Any]]:
-        d = self.infra_dir(infra) / "taskservs" / host
-        if not d.is_dir():
-            return []
-        out = [self._read(p) for p in sorted(d.glob("*.json"))]
-        return [r for r in out if r]
+        return self._read_all(self.infra_dir(infra) / "taskservs" / host)
 
     def remove_taskserv(self, infra: str, host: str, name: str) -> bool:
         return self._remove(self.taskserv_file(infra, host, name))
@@ -176,11 +176,7 @@ class StateStore:
         return self._read(self.cluster_file(infra, name))
 
     def clusters(self, infra: str) -> list[dict[str, Any]]:
-        d = self.infra_dir(infra) / "clusters"
-        if not d.is_dir():
-            return []
-        out = [self._read(p) for p in sorted(d.glob("*.json"))]
-        return [r for r in out if r]
+        return self._read_all(self.infra_dir(infra) / "clusters")
 
     def remove_cluster(self, infra: str, name: str) -> bool:
         return self._remove(self.cluster_file(infra, name))
