@@ -150,6 +150,29 @@ def health_cmd(app: AppContext) -> None:
     verdict.raise_if_incompatible()
 
 
+@orchestrator_group.command("ui")
+@click.option("--open", "open_browser", is_flag=True, help="Also open the URL in a browser.")
+@click.pass_obj
+def ui_cmd(app: AppContext, open_browser: bool) -> None:
+    """Print a one-time sign-in URL for the web dashboard (starts the daemon if needed)."""
+    import webbrowser
+
+    from provisioning.client import ensure_orchestrator
+
+    client = ensure_orchestrator(app.config, app.endpoint_url(), config_file=app.config_file)
+    grant = client.sign_in_code()
+    url = client.endpoint + grant["path"]
+    opened = bool(open_browser and webbrowser.open(url))
+    if app.json_output:
+        app.emit_json({"url": url, "expires_in": grant["expires_in"], "opened": opened,
+                       "endpoint": client.endpoint})
+        return
+    click.echo(f"Open the dashboard (the link works once, within {grant['expires_in']} s):")
+    click.echo(f"  {url}")
+    if open_browser and not opened:
+        app.log("no browser could be started here: open the link yourself")
+
+
 @orchestrator_group.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
 @click.option("-n", "--lines", default=50, show_default=True, help="How many last lines.")
