@@ -4,14 +4,19 @@ pages and files under /ui/. The browser tests are in test_dashboard_browser.py."
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from provisioning.orchestrator import sessions, ui
 from provisioning.orchestrator.sessions import CODE_TTL_S, SessionStore
-from tests.daemon_fixture import start_daemon
+from tests.daemon_fixture import start_daemon, write_config
+from tests.test_packaging import build_dist_once, zipapp_env
 
 
 class Clock:
@@ -268,3 +273,39 @@ def test_the_page_carries_no_data_and_no_token(daemon):
 def test_assets_are_package_data():
     text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
     assert '"orchestrator/ui_assets/*"' in text
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    return build_dist_once(tmp_path_factory)  # one build per session, shared with packaging
+
+
+@pytest.mark.slow
+def test_the_zipapp_serves_the_dashboard(built, tmp_path):
+    """The one-file build carries the page: its daemon serves every file."""
+    pyz = tmp_path / "provisioning"
+    shutil.copy2(built["dist"] / "provisioning", pyz)
+    config = write_config(tmp_path / "zipapp.toml", {
+        "server": {"port": 0}, "storage": {"data_dir": str(tmp_path / "zdata")}})
+    env = zipapp_env(tmp_path / "shiv", PROVISIONING_ENTRY="orchestrator",
+                     PROVISIONING_USER_CONFIG_DIR=str(tmp_path / "userconfig"),
+                     PROVISIONING_ETC_DIR=str(tmp_path / "etc"),
+                     PROVISIONING_SHARE_DIR=str(tmp_path / "share"))
+    argv = [str(pyz), "--config", str(config)]
+    started = subprocess.run([*argv, "--daemon"], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        port = json.loads((tmp_path / "zdata" / "orchestrator.pid").read_text())["port"]
+        for name in ["index.html", *ui.ASSET_TYPES]:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.request("GET", "/ui/" if name == "index.html" else f"/ui/assets/{name}",
+                         headers={"Host": f"127.0.0.1:{port}"})
+            resp = conn.getresponse()
+            assert resp.status == 200, name
+            assert resp.read() == (ui.ASSET_DIR / name).read_bytes(), name
+            conn.close()
+    finally:
+        stopped = subprocess.run([*argv, "--stop"], capture_output=True, text=True, env=env,
+                                 timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
