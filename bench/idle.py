@@ -7,7 +7,12 @@ empty, then samples its process with psutil over the window and reports CPU %
 and thread count, and the RSS and USS of its record-writer child
 (provisioning/store/writer.py).
 
-Usage: python bench/idle.py [--seconds 30] [--workflows 100] [--json]
+With --dashboard, a browser's visit is replayed over HTTP before the window
+(sign-in code, login, the page and its files, the list, a workflow, its
+events, a task and its log), so the figure includes what the dashboard
+leaves in the daemon (issue 18: at most 5 MiB more).
+
+Usage: python bench/idle.py [--seconds 30] [--workflows 100] [--dashboard] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from submit import BenchDaemon  # noqa: E402
 
+from provisioning.orchestrator.ui import ASSET_TYPES  # noqa: E402
+
 
 def cpu_seconds(proc: psutil.Process) -> float:
     total = 0.0
@@ -37,11 +44,37 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return total
 
 
+def visit_dashboard(d: BenchDaemon, conn, workflow_id: str) -> None:
+    """What a browser on the dashboard asks for, with the session it gets."""
+    def get(path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+        conn.request("GET", path, headers={"Host": f"127.0.0.1:{d.port}", **headers})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+
+    conn.request("POST", "/auth/codes", b"{}", d.headers())
+    grant = json.loads(conn.getresponse().read())
+    status, headers, _ = get(grant["path"], {})
+    if status != 303:
+        raise SystemExit(f"dashboard sign-in failed: {status}")
+    session = {"Cookie": headers["Set-Cookie"].split(";")[0],
+               "X-CSRF-Token": headers["Location"].split("#csrf=", 1)[1]}
+    paths = ["/ui/", *(f"/ui/assets/{name}" for name in ASSET_TYPES),
+             "/workflows?limit=50&offset=0", f"/workflows/{workflow_id}",
+             f"/workflows/{workflow_id}/events?after=0&timeout=0",
+             f"/tasks/{workflow_id}.t1", f"/tasks/{workflow_id}.t1/log?offset=0"]
+    for path in paths:
+        status, _, _ = get(path, session)
+        if status != 200:
+            raise SystemExit(f"dashboard visit: GET {path} answered {status}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--workflows", type=int, default=100,
                     help="noop workflows to run to completion before measuring")
+    ap.add_argument("--dashboard", action="store_true",
+                    help="replay a dashboard visit before measuring")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="prov-idle-", dir="/var/tmp"))
@@ -56,6 +89,8 @@ def main() -> int:
             if json.loads(resp.read())["status"] in ("succeeded", "failed"):
                 break
             time.sleep(0.2)
+        if args.dashboard and ids:
+            visit_dashboard(d, conn, ids[-1])
         conn.close()
         proc = psutil.Process(d.pid)
         before_cpu, t0 = cpu_seconds(proc), time.monotonic()
@@ -70,6 +105,7 @@ def main() -> int:
                   "writer_rss_mb": wmem.rss / 2**20 if wmem else 0.0,
                   "writer_uss_mb": wmem.uss / 2**20 if wmem else 0.0,
                   "threads": proc.num_threads(), "workflows_done": args.workflows,
+                  "dashboard_visited": args.dashboard,
                   "target_cpu_percent": 1.0}
     finally:
         d.stop()

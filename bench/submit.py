@@ -36,14 +36,14 @@ BODY = json.dumps({"workflow": {"name": "bench"},
 class BenchDaemon:
     """A throwaway daemon: its own data dir and config dirs, port 0, stopped on exit."""
 
-    def __init__(self, base: Path, *, fsync: bool = True):
+    def __init__(self, base: Path, *, fsync: bool = True, slots: int = 1):
         self.base = base
         self.data = base / "data"
         config = base / "orchestrator.toml"
         config.write_text(f'[server]\nport = 0\nmax_connections = 64\n'
                           f'[storage]\ndata_dir = "{self.data}"\n'
-                          '[executor]\nmax_concurrent_tasks = 1\nshutdown_grace_seconds = 1\n'
-                          'kill_grace_seconds = 1\n')
+                          f'[executor]\nmax_concurrent_tasks = {slots}\n'
+                          'shutdown_grace_seconds = 1\nkill_grace_seconds = 1\n')
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONING_")}
         self.env.update({"PROVISIONING_SHARE_DIR": str(base / "share"),
                          "PROVISIONING_ETC_DIR": str(base / "etc"),

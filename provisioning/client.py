@@ -245,6 +245,10 @@ class Client:
             body["message"] = message
         return self._request("POST", f"/tasks/{self._q(key)}/progress", body)
 
+    def sign_in_code(self) -> dict[str, Any]:
+        """A one-time dashboard sign-in code: {"code", "expires_in", "path"}."""
+        return self._request("POST", "/auth/codes", {})
+
     def openapi(self) -> dict[str, Any]:
         return self._request("GET", "/openapi.json", auth=False)
 

@@ -58,6 +58,8 @@ class ServerConfig:
     max_body_bytes: int = 1_048_576
     request_timeout_seconds: int = 10
     max_connections: int = 64
+    ui: bool = True  # the dashboard at /ui/ (DESIGN.md 16)
+    ui_session_idle_seconds: int = 3600  # a dashboard session ends after this long unused
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ def load_config(
 def _check_ranges(merged: dict[str, dict[str, Any]], sources: dict[str, str]) -> None:
     positive = [("executor", "max_concurrent_tasks"), ("executor", "task_timeout_seconds"),
                 ("orchestrator", "timeout_seconds"), ("server", "max_body_bytes"),
-                ("server", "request_timeout_seconds"), ("server", "max_connections")]
+                ("server", "request_timeout_seconds"), ("server", "max_connections"),
+                ("server", "ui_session_idle_seconds")]
     for section, key in positive:
         if merged[section][key] < 1:
             raise ConfigError(

@@ -16,6 +16,7 @@ DESIGN_ROUTES = {  # DESIGN.md section 5, verbatim
     ("POST", "/workflows/{id}/retry"), ("GET", "/workflows/{id}/events"),
     ("GET", "/tasks/{id}"), ("GET", "/tasks/{id}/log"), ("POST", "/tasks/{id}/progress"),
     ("GET", "/openapi.json"),
+    ("POST", "/auth/codes"),  # section 16: the dashboard's one-time sign-in codes
 }
 
 

@@ -1,4 +1,4 @@
-"""`orchestrator start|stop|status|restart|health|logs`: wrap `provisioning-orchestrator`.
+"""`orchestrator start|stop|status|restart|health|logs|ui`: wrap `provisioning-orchestrator`.
 
 The daemon is always run as a subprocess with an argv list, with the CLI's
 data dir, host and port passed explicitly, so `orchestrator start` and the
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import subprocess
 import time
+import webbrowser
 from typing import Any
 
 import click
 
-from provisioning.autostart import daemon_command, start_orchestrator
+from provisioning.autostart import daemon_command, ensure_orchestrator, start_orchestrator
 from provisioning.cli.context import AppContext
 from provisioning.client import client_for, probe
 from provisioning.errors import (
@@ -148,6 +149,25 @@ def health_cmd(app: AppContext) -> None:
         for key in sorted(doc):
             click.echo(f"{key:<18} {doc[key]}")
     verdict.raise_if_incompatible()
+
+
+@orchestrator_group.command("ui")
+@click.option("--open", "open_browser", is_flag=True, help="Also open the URL in a browser.")
+@click.pass_obj
+def ui_cmd(app: AppContext, open_browser: bool) -> None:
+    """Print a one-time sign-in URL for the web dashboard (starts the daemon if needed)."""
+    client = ensure_orchestrator(app.config, app.endpoint_url(), config_file=app.config_file)
+    grant = client.sign_in_code()
+    url = client.endpoint + grant["path"]
+    opened = bool(open_browser and webbrowser.open(url))
+    if app.json_output:
+        app.emit_json({"url": url, "expires_in": grant["expires_in"], "opened": opened,
+                       "endpoint": client.endpoint})
+        return
+    click.echo(f"Open the dashboard (the link works once, within {grant['expires_in']} s):")
+    click.echo(f"  {url}")
+    if open_browser and not opened:
+        app.log("no browser could be started here: open the link yourself")
 
 
 @orchestrator_group.command("logs")

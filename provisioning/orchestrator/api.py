@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from provisioning.errors import ProvisioningError, http_status_of
-from provisioning.orchestrator import auth
+from provisioning.orchestrator import auth, sessions, ui
 from provisioning.orchestrator.endpoints import ROUTES, Call, Response, Route
 from provisioning.orchestrator.validate import (
     MAX_JSON_DEPTH,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from provisioning.orchestrator.server import OrchestratorServer
 
 log = logging.getLogger("provisioning.orchestrator.api")
+SIGN_IN_CODE_RE = re.compile(r"code=[^&\s\"]*")  # one-time codes stay out of the log
 
 
 def _send_all_json(obj: Any) -> bytes:
@@ -62,7 +64,8 @@ class ApiHandler(BaseHTTPRequestHandler):
     # --- plumbing -------------------------------------------------------
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib name)
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), SIGN_IN_CODE_RE.sub("code=<redacted>",
+                                                                    format % args))
 
     def handle_expect_100(self) -> bool:
         # Refuse an oversized body before the client sends it.
@@ -117,7 +120,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         except Exception:
-            log.exception("internal error on %s %s", self.command, self.path[:200])
+            log.exception("internal error on %s %s", self.command,
+                          SIGN_IN_CODE_RE.sub("code=<redacted>", self.path[:200]))
             response = Response(500, {"error": "internal error"})
         if self._responded:  # failed half-way through a response: nothing sane to add
             self.close_connection = True
@@ -144,6 +148,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         if not auth.origin_allowed(self.headers.get("Origin"), allowed):
             raise HttpError(403, "cross-origin requests are not allowed")
         split = urlsplit(self.path)
+        if split.path == "/ui" or split.path.startswith("/ui/"):
+            return self._dashboard(split)
         route, params = self._route(split.path)
         query = self._query(split.query, route)
         if route.auth != "none":
@@ -197,9 +203,24 @@ class ApiHandler(BaseHTTPRequestHandler):
                 and TASK_KEY_RE.match(params.get("task_key", ""))
                 and self.server.engine.check_task_token(params["task_key"], presented)):
             return
+        if presented is None:  # a browser of the dashboard: cookie + CSRF token
+            verdict = sessions.authorize_request(
+                self.server.sessions, port=self.server.server_address[1], method=self.command,
+                route_path=route.path, headers=self.headers)
+            if verdict is not None and verdict.ok:
+                return
+            if verdict is not None:
+                raise HttpError(verdict.status, verdict.reason)
         raise HttpError(401, "missing or invalid token: send 'Authorization: Bearer <token>' "
                         "(the token is in the data dir's 'token' file)",
                         {"WWW-Authenticate": 'Bearer realm="provisioning"'})
+
+    def _dashboard(self, split: Any) -> Response:
+        if not self.server.config.server.ui:
+            raise HttpError(404, "the dashboard is off (server.ui = false)")
+        page = ui.serve(ui.UiRequest(self.command, split.path, split.query, self.headers,
+                                     self.server.server_address[1]), self.server.sessions)
+        return Response(page.status, page.body, page.content_type, page.headers)
 
     def _content_length(self) -> int:
         raw = self.headers.get("Content-Length")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 MAX_EVENTS_WAIT_S = 30.0
 LOG_CHUNK_BYTES = 1024 * 1024
 WORKFLOW_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+MAX_PAGE = 1000  # GET /workflows?limit=
 
 # POST /workflows/<area>/<verb> -> the business-logic workflow kind (the planner's)
 KIND_ROUTES = {
@@ -118,7 +119,26 @@ def list_workflows(call: Call) -> Response:
     status = call.query.get("status") or None
     if status is not None and status not in WORKFLOW_STATUSES:
         raise HttpError(400, f"status must be one of {', '.join(WORKFLOW_STATUSES)}")
-    return Response(200, {"workflows": call.engine.list_workflows(status)})
+    limit = int_param(call.query, "limit", 0, minimum=1)
+    offset = int_param(call.query, "offset", 0, minimum=0)
+    if limit > MAX_PAGE:
+        raise HttpError(400, f"'limit' must be at most {MAX_PAGE}")
+    views = call.engine.list_workflows()
+    counts = dict.fromkeys(WORKFLOW_STATUSES, 0)
+    for view in views:
+        counts[view["status"]] = counts.get(view["status"], 0) + 1
+    if status is not None:
+        views = [v for v in views if v["status"] == status]
+    page = views[offset:offset + limit] if limit else views[offset:]
+    return Response(200, {"workflows": page, "total": len(views), "offset": offset,
+                          "limit": limit or None, "counts": counts})
+
+
+def sign_in_code(call: Call) -> Response:
+    only_fields(call.read_json(optional=True), ())
+    if not call.server.config.server.ui:
+        raise HttpError(404, "the dashboard is off (server.ui = false)")
+    return Response(201, call.server.sessions.mint_code())
 
 
 def get_workflow(call: Call) -> Response:
@@ -219,7 +239,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json", openapi),
     *(Route("POST", path, submit_kind) for path in KIND_ROUTES),
     Route("POST", "/workflows", submit_definition),
-    Route("GET", "/workflows", list_workflows, query=("status",)),
+    Route("GET", "/workflows", list_workflows, query=("status", "limit", "offset")),
     Route("GET", "/workflows/{workflow_id}", get_workflow),
     Route("POST", "/workflows/{workflow_id}/cancel", cancel),
     Route("POST", "/workflows/{workflow_id}/retry", retry),
@@ -227,4 +247,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/tasks/{task_key}", get_task),
     Route("GET", "/tasks/{task_key}/log", task_log, query=("offset",)),
     Route("POST", "/tasks/{task_key}/progress", progress, auth="task"),
+    Route("POST", "/auth/codes", sign_in_code),  # DESIGN.md 16: dashboard sign-in
 )

@@ -71,12 +71,16 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
         "/workflows": {
             "post": _op("Submit a whole workflow definition (DESIGN.md 6)", accepted,
                         body=_ref("WorkflowDefinition")),
-            "get": _op("List workflows, newest first",
-                       {"200": _json({"type": "object", "properties": {
-                           "workflows": {"type": "array", "items": _ref("Workflow")}}})},
+            "get": _op("List workflows, newest first; in pages with limit/offset",
+                       {"200": _json(_ref("WorkflowList"))},
                        params=[_query_param("status", {"type": "string", "enum": [
                            "queued", "running", "succeeded", "failed", "cancelled"]},
-                           "only workflows in this state")]),
+                           "only workflows in this state"),
+                           _query_param("limit", {"type": "integer", "minimum": 1,
+                                                  "maximum": 1000},
+                                        "at most this many (default: all)"),
+                           _query_param("offset", {"type": "integer", "minimum": 0},
+                                        "skip this many of the (filtered) list first")]),
         },
         "/workflows/{workflow_id}": {"get": _op(
             "One workflow with every task's state, progress, attempts and timings",
@@ -114,6 +118,10 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
                 "properties": {"progress": {"type": "integer", "minimum": 0, "maximum": 100},
                                "status": {"type": "string", "maxLength": 64},
                                "message": {"type": "string", "maxLength": 4096}}})},
+        "/auth/codes": {"post": _op(
+            "Mint a one-time dashboard sign-in code (what `provisioning orchestrator ui` "
+            "prints as a URL; good once, for expires_in seconds; body optional: {})",
+            {"201": _json(_ref("SignInCode"), "created")})},
     }
     for path, summary in _KIND_SUMMARIES.items():
         paths[path] = {"post": _op(summary, accepted, body=_KIND_BODY)}
@@ -122,7 +130,9 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "provisioning orchestrator", "version": PLATFORM_VERSION,
                  "description": f"API {API_VERSION}. Every route but /health needs "
-                                "'Authorization: Bearer <token>' (the data dir's token file)."},
+                                "'Authorization: Bearer <token>' (the data dir's token file). "
+                                "The dashboard's reads, cancel and retry also accept its "
+                                "session cookie together with an X-CSRF-Token header."},
         "servers": [{"url": f"http://127.0.0.1:{port or 9090}"}],
         "security": [{"bearer": []}],
         "paths": paths,
@@ -181,6 +191,16 @@ _SCHEMAS: dict[str, Any] = {
         "max_parallel": {"type": "integer", "nullable": True},
         "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
         "tasks": {"type": "array", "items": _ref("Task")}}},
+    "WorkflowList": {"type": "object", "properties": {
+        "workflows": {"type": "array", "items": _ref("Workflow")},
+        "total": {"type": "integer", "description": "how many match the status filter"},
+        "offset": {"type": "integer"}, "limit": {"type": "integer", "nullable": True},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"},
+                   "description": "every workflow by status, whatever the filter"}}},
+    "SignInCode": {"type": "object", "properties": {
+        "code": {"type": "string"}, "expires_in": {"type": "integer"},
+        "path": {"type": "string", "description": "/ui/login?code=...: open it on this "
+                                                  "daemon's address"}}},
     "Event": {"type": "object", "properties": {
         "seq": {"type": "integer"}, "ts": {"type": "number"},
         "type": {"type": "string", "enum": ["workflow", "task", "progress"]},

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from provisioning.orchestrator import auth
 from provisioning.orchestrator.api import ApiHandler
 from provisioning.orchestrator.listen import port_in_use_error
+from provisioning.orchestrator.sessions import SessionStore
 
 if TYPE_CHECKING:
     from provisioning.config import Config
@@ -47,6 +48,7 @@ class OrchestratorServer(ThreadingHTTPServer):
         self.allowed_hosts = auth.allowed_host_values(
             self.server_address[1], list(config.server.allowed_hosts), config.server.host)
         self._slots = threading.BoundedSemaphore(config.server.max_connections)
+        self.sessions = SessionStore(config.server.ui_session_idle_seconds)  # dashboard sign-ins
 
     def attach(self, engine: Any, registry: Any) -> None:
         self.engine = engine
