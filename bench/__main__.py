@@ -1,13 +1,13 @@
 """The benchmark suite: `python -m bench [--quick] [--only NAME[,NAME]] [--out FILE]`.
 
-Runs the eight figures of issue 8 one after the other (never two at once: on
+Runs the figures of issues 8 and 19 one after the other (never two at once: on
 2 cores they would measure each other), each against a reference measured in
 the same run, prints one table (median, min, max over repeated runs, ratio,
 target, pass/MISS) and writes bench/results.json. `--markdown` also prints the
 table as markdown for docs/performance.md.
 
 Figures: 1 cli, 2 submit, 3 tasks, 4 pyops, 5 dag, 6 recovery, 7 idle,
-8 autostart. Some call the single-purpose scripts beside this file
+8 autostart, 9 zygote. Some call the single-purpose scripts beside this file
 (submit.py, idle.py, autostart.py, engine_dag.py) as subprocesses and parse
 their JSON or text output; those scripts stay runnable on their own.
 
@@ -297,11 +297,12 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
     from bench import python_ops
 
     n = s.pyops
-    bare, eng_json, eng_mem, nu_ms = [], [], [], []
+    bare, eng_zygote, eng_json, eng_mem, nu_ms = [], [], [], [], []
     nu_error = nu.unavailable and f"peer unavailable: {nu.unavailable}"
     for _ in range(s.pyops_runs):
         r = python_ops.measure(n, TMP_PARENT)
         bare.append(r["bare_s"] / n * 1000)
+        eng_zygote.append(r["engine_zygote_s"] / n * 1000)
         eng_json.append(r["engine_json_s"] / n * 1000)
         eng_mem.append(r["engine_memory_s"] / n * 1000)
         if not nu_error:
@@ -314,9 +315,14 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
             except (subprocess.SubprocessError, OSError) as e:
                 nu_error = f"peer failed: {e}"[:200]
     ref = "python -c pass (bare spawn)"
-    rows = [row_from_samples(ref, bare, "ms/op", reference=ref, is_reference=True),
-            row_from_samples("noop op via engine + JSON store", eng_json, "ms/op", reference=ref,
-                             target=Target("<=", 1.5, "ratio")),
+    rows = [row_from_samples(ref, bare, "ms/op", reference=ref, is_reference=True,
+                             note=r["interpreter"]),
+            row_from_samples("noop op via engine + JSON store, forked from the zygote",
+                             eng_zygote, "ms/op", reference=ref,
+                             target=Target("<=", python_ops.ZYGOTE_TARGET_RATIO, "ratio"),
+                             note="the daemon's default"),
+            row_from_samples("noop op via engine + JSON store, plain spawn", eng_json, "ms/op",
+                             reference=ref, target=Target("<=", 1.5, "ratio")),
             row_from_samples("noop op via engine, memory store", eng_mem, "ms/op",
                              reference=ref, note="engine and executor alone (direct mode)")]
     nu_name = "nu -c 'null' spawn (seeds' per-task design)"
@@ -328,6 +334,14 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
     scale = _scale_text(s, f"{s.pyops_runs} runs of {n} sequential ops each",
                         f"{FULL.pyops_runs} runs of {FULL.pyops}")
     return Figure(4, "Python business-logic ops", scale, rows)
+
+
+def fig_zygote(s: Scale, tmp: Path) -> Figure:
+    from bench import zygote_ops
+
+    runs = 2 if s.quick else 5
+    return zygote_ops.figure(runs, TMP_PARENT, _scale_text(s, f"{runs} interleaved rounds",
+                                                           "5 rounds"))
 
 
 # -- 5. DAG scale ------------------------------------------------------------
@@ -505,10 +519,10 @@ def fig_autostart(s: Scale, tmp: Path) -> Figure:
 # -- the runner ----------------------------------------------------------------
 
 FIGURES = {"cli": 1, "submit": 2, "tasks": 3, "pyops": 4, "dag": 5, "recovery": 6, "idle": 7,
-           "autostart": 8}
+           "autostart": 8, "zygote": 9}
 TITLES = {1: "CLI start", 2: "Submit (HTTP, durable)", 3: "Task execution",
           4: "Python business-logic ops", 5: "DAG scale", 6: "Recovery after kill -9",
-          7: "Idle daemon", 8: "Cold auto-start"}
+          7: "Idle daemon", 8: "Cold auto-start", 9: "Python zygote"}
 
 
 def parse_only(values: list[str]) -> list[int]:
@@ -517,7 +531,7 @@ def parse_only(values: list[str]) -> list[int]:
         for name in filter(None, (x.strip() for x in v.split(","))):
             num = FIGURES.get(name) or (int(name) if name.isdigit() else 0)
             if num not in TITLES:
-                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-8)")
+                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-9)")
             chosen.append(num)
     return sorted(set(chosen)) or list(TITLES)
 
@@ -535,8 +549,9 @@ def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
                3: lambda: fig_tasks(s, tmp, peer("huey")),
                4: lambda: fig_pyops(s, tmp, peer("nushell")),
                5: lambda: fig_dag(s, tmp), 6: lambda: fig_recovery(s, tmp),
-               7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp)}[num]()
-    except Exception as e:  # one broken figure must not hide the other seven
+               7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp),
+               9: lambda: fig_zygote(s, tmp)}[num]()
+    except Exception as e:  # one broken figure must not hide the others
         traceback.print_exc(file=sys.stderr)
         fig = Figure(num, TITLES[num], rows=[Row(TITLES[num], error=str(e)[:300] or repr(e))])
     finally:
@@ -549,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs, smaller N: < 2 min")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
-                    help=f"figures to run: {', '.join(FIGURES)} or 1-8 (repeat or comma-list)")
+                    help=f"figures to run: {', '.join(FIGURES)} or 1-9 (repeat or comma-list)")
     ap.add_argument("--out", type=Path, default=report.RESULTS_PATH,
                     help="where to write the JSON results (default bench/results.json)")
     ap.add_argument("--markdown", action="store_true", help="also print the markdown table")

@@ -92,27 +92,43 @@ def _preload(extra: list[str]) -> dict:
         except Exception as e:  # noqa: BLE001 - not installed or broken: ops import it then
             missing[name] = f"{type(e).__name__}: {e}"
     if "boto3" in preloaded:
-        _warm_boto3()
+        try:
+            _warm_boto3()
+        except Exception as e:  # noqa: BLE001 - another botocore: children load it themselves
+            missing["boto3 warm-up"] = f"{type(e).__name__}: {e}"
     return {"pid": os.getpid(), "preloaded": preloaded, "missing": missing,
             "files": _module_files(preloaded)}
 
 
 def _warm_boto3() -> None:
-    """Load what `boto3.client("ec2")` reads from botocore's data files into the default
-    session's loader (pure data: no config file, no credentials, no network), and
-    botocore's name cache; a client made in a child then costs ~a tenth of a cold one."""
-    import boto3
+    """Make a boto3 client cheap in a child: botocore's data files (service models,
+    endpoints: ~0.3 s to read and parse for EC2) loaded once into one Loader that every
+    botocore session of the process then uses when AWS_DATA_PATH is not set (as one
+    session reused would), and botocore's operation-name cache filled. Pure data: no
+    config file, no credentials, no network, nothing a task's environment changes."""
+    import botocore.loaders
+    import botocore.session
     from botocore import xform_name
 
-    boto3.setup_default_session()
-    session = boto3.DEFAULT_SESSION._session  # noqa: SLF001 - botocore's session: its loader
-    loader = session.get_component("data_loader")
+    shared = botocore.loaders.create_loader()
+    make_loader = botocore.session.create_loader
+
+    def create_loader(search_path_string: str | None = None):
+        return shared if search_path_string is None else make_loader(search_path_string)
+
+    botocore.session.create_loader = create_loader  # what Session._register_data_loader calls
     for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
-        loader.load_data(name)
-    model = session.get_service_model("ec2")
-    loader.load_service_model("ec2", "endpoint-rule-set-1")
-    for operation in model.operation_names:
+        shared.load_data(name)
+    model = shared.load_service_model("ec2", "service-2")
+    shared.load_service_model("ec2", "endpoint-rule-set-1")
+    for operation in model["operations"]:
         xform_name(operation)
+    # One throwaway client (its own session, explicit region and dummy keys: no credential
+    # chain, no network) fills the module-level caches a client creation uses.
+    import boto3.session
+
+    boto3.session.Session(aws_access_key_id="zygote", aws_secret_access_key="zygote",
+                          region_name="us-east-1").client("ec2")
 
 
 def _module_files(preloaded: list[str]) -> list[list]:
