@@ -237,3 +237,14 @@ def test_big_params_do_not_block_a_task_that_never_reads_them(tmp_path: Path):
     out = _run(tmp_path, code, params={"blob": "y" * 500_000})[0].run()
     assert out.result == 500_000
     assert json.dumps  # keep import used
+
+
+def test_an_uncaught_exception_or_exit_message_is_logged_and_exits_1(tmp_path: Path):
+    proc, seen = _run(tmp_path, "def f():\n    raise RuntimeError('boom')\nf()\n")
+    out = proc.run()
+    assert out.exit_code == 1 and not out.succeeded
+    log = seen["log"].read_text()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: boom" in log
+    proc, seen = _run(tmp_path, "import sys; sys.exit('bad thing')", name="msg")
+    out = proc.run()
+    assert out.exit_code == 1 and "bad thing" in seen["log"].read_text()
