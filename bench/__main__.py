@@ -144,11 +144,14 @@ def fig_cli(s: Scale, tmp: Path) -> Figure:
                             "--out", str(tmp / "dist")], capture_output=True, text=True,
                            timeout=600, stdin=subprocess.DEVNULL)
     pyz = tmp / "dist" / "provisioning"
+    zip_python, zip_note = BASE_PYTHON, ""
     if build.returncode == 0 and pyz.exists():
-        # Same Python without the venv's packages: only the packaging differs.
-        cmds["python -c pass (base interpreter)"] = [BASE_PYTHON, "-c", "pass"]
-        cmds["provisioning version (zipapp)"] = [BASE_PYTHON, str(pyz), "version"]
-        cmds["provisioning server list (zipapp, direct)"] = [BASE_PYTHON, str(pyz), "server",
+        # The interpreter its shebang really runs, without the venv's packages: only the
+        # packaging differs. (Not through a pyenv shim: that is a shell script.)
+        zip_python, zip_note = shebang_interpreter(pyz, env)
+        cmds["python -c pass (base interpreter)"] = [zip_python, "-c", "pass"]
+        cmds["provisioning version (zipapp)"] = [zip_python, str(pyz), "version"]
+        cmds["provisioning server list (zipapp, direct)"] = [zip_python, str(pyz), "server",
                                                              "list"]
     else:
         zip_error = "zipapp build failed: " + ((build.stderr or build.stdout).strip()
@@ -172,10 +175,27 @@ def fig_cli(s: Scale, tmp: Path) -> Figure:
     if zip_error:
         rows.append(Row("provisioning version (zipapp)", error=zip_error))
     else:
-        rows += [row(base_ref, base_ref, is_reference=True),
+        rows += [row(base_ref, base_ref, is_reference=True, note=zip_note),
                  row("provisioning version (zipapp)", base_ref, three_x),
                  row("provisioning server list (zipapp, direct)", base_ref)]
     return Figure(1, "CLI start", f"{s.cli_runs} runs each, after one warm-up", rows)
+
+
+def shebang_interpreter(pyz: Path, env: dict[str, str]) -> tuple[str, str]:
+    """The interpreter a zipapp's `#!` line runs here, resolved, and a note saying so."""
+    with pyz.open("rb") as f:
+        line = f.readline().decode(errors="replace").strip()
+    words = line[2:].split()
+    if words[:1] == ["/usr/bin/env"]:
+        words = words[1:]
+    found = shutil.which(words[0], path=env.get("PATH")) if words else None
+    if not found:
+        return BASE_PYTHON, f"{line}: not found on PATH; ran {BASE_PYTHON}"
+    real = subprocess.run([found, "-c", "import sys; print(sys.executable)"], env=env,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    via = "" if os.path.realpath(found) == os.path.realpath(real) else \
+        f" ({found} is a launcher, e.g. a pyenv shim)"
+    return real or BASE_PYTHON, f"{line}: {words[0]} on PATH runs {real}{via}"
 
 
 # -- 2. Submit ---------------------------------------------------------------
