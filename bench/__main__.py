@@ -485,7 +485,7 @@ def bare_python_rss_mib() -> float:
 
 
 def fig_idle(s: Scale, tmp: Path) -> Figure:
-    cpu, rss, ref, wrss, uss = [], [], [], [], []
+    cpu, rss, ref, wrss, zrss, uss, zuss = [], [], [], [], [], [], []
     for _ in range(s.idle_runs):
         out = run_script(["bench/idle.py", "--json", "--seconds", str(s.idle_seconds),
                           "--workflows", str(s.idle_workflows)],
@@ -494,7 +494,9 @@ def fig_idle(s: Scale, tmp: Path) -> Figure:
         cpu.append(dig(doc, "cpu_percent"))
         rss.append(dig(doc, "rss_mb"))
         wrss.append(dig(doc, "writer_rss_mb"))
+        zrss.append(dig(doc, "zygote_rss_mb"))
         uss.append(dig(doc, "uss_mb") + dig(doc, "writer_uss_mb"))
+        zuss.append(dig(doc, "zygote_uss_mb"))
         ref.append(bare_python_rss_mib())
     ref_name = "bare python interpreter RSS"
     rows = [row_from_samples(ref_name, ref, "MiB", reference=ref_name, is_reference=True),
@@ -504,6 +506,10 @@ def fig_idle(s: Scale, tmp: Path) -> Figure:
                              reference=ref_name,
                              note="storage.writer_process = false: none (in-process writes)"),
             row_from_samples("daemon + writer, private memory (USS)", uss, "MiB"),
+            row_from_samples("its Python zygote child, RSS", zrss, "MiB", reference=ref_name,
+                             note="boto3 pre-imported when installed (figure 9); "
+                                  "executor.python_zygote = false: none"),
+            row_from_samples("its Python zygote child, private memory (USS)", zuss, "MiB"),
             row_from_samples(f"daemon CPU over {s.idle_seconds:g} s idle", cpu, "%",
                              target=Target("<", 1.0, label="< 1%"),
                              note="no ratio: the floor is 0")]
