@@ -1,13 +1,13 @@
 """The benchmark suite: `python -m bench [--quick] [--only NAME[,NAME]] [--out FILE]`.
 
-Runs the eight figures of issue 8 one after the other (never two at once: on
+Runs the figures of issues 8 and 19 one after the other (never two at once: on
 2 cores they would measure each other), each against a reference measured in
 the same run, prints one table (median, min, max over repeated runs, ratio,
 target, pass/MISS) and writes bench/results.json. `--markdown` also prints the
 table as markdown for docs/performance.md.
 
 Figures: 1 cli, 2 submit, 3 tasks, 4 pyops, 5 dag, 6 recovery, 7 idle,
-8 autostart. Some call the single-purpose scripts beside this file
+8 autostart, 9 zygote. Some call the single-purpose scripts beside this file
 (submit.py, idle.py, autostart.py, engine_dag.py) as subprocesses and parse
 their JSON or text output; those scripts stay runnable on their own.
 
@@ -144,11 +144,14 @@ def fig_cli(s: Scale, tmp: Path) -> Figure:
                             "--out", str(tmp / "dist")], capture_output=True, text=True,
                            timeout=600, stdin=subprocess.DEVNULL)
     pyz = tmp / "dist" / "provisioning"
+    zip_python, zip_note = BASE_PYTHON, ""
     if build.returncode == 0 and pyz.exists():
-        # Same Python without the venv's packages: only the packaging differs.
-        cmds["python -c pass (base interpreter)"] = [BASE_PYTHON, "-c", "pass"]
-        cmds["provisioning version (zipapp)"] = [BASE_PYTHON, str(pyz), "version"]
-        cmds["provisioning server list (zipapp, direct)"] = [BASE_PYTHON, str(pyz), "server",
+        # The interpreter its shebang really runs, without the venv's packages: only the
+        # packaging differs. (Not through a pyenv shim: that is a shell script.)
+        zip_python, zip_note = shebang_interpreter(pyz, env)
+        cmds["python -c pass (base interpreter)"] = [zip_python, "-c", "pass"]
+        cmds["provisioning version (zipapp)"] = [zip_python, str(pyz), "version"]
+        cmds["provisioning server list (zipapp, direct)"] = [zip_python, str(pyz), "server",
                                                              "list"]
     else:
         zip_error = "zipapp build failed: " + ((build.stderr or build.stdout).strip()
@@ -172,10 +175,27 @@ def fig_cli(s: Scale, tmp: Path) -> Figure:
     if zip_error:
         rows.append(Row("provisioning version (zipapp)", error=zip_error))
     else:
-        rows += [row(base_ref, base_ref, is_reference=True),
+        rows += [row(base_ref, base_ref, is_reference=True, note=zip_note),
                  row("provisioning version (zipapp)", base_ref, three_x),
                  row("provisioning server list (zipapp, direct)", base_ref)]
     return Figure(1, "CLI start", f"{s.cli_runs} runs each, after one warm-up", rows)
+
+
+def shebang_interpreter(pyz: Path, env: dict[str, str]) -> tuple[str, str]:
+    """The interpreter a zipapp's `#!` line runs here, resolved, and a note saying so."""
+    with pyz.open("rb") as f:
+        line = f.readline().decode(errors="replace").strip()
+    words = line[2:].split()
+    if words[:1] == ["/usr/bin/env"]:
+        words = words[1:]
+    found = shutil.which(words[0], path=env.get("PATH")) if words else None
+    if not found:
+        return BASE_PYTHON, f"{line}: not found on PATH; ran {BASE_PYTHON}"
+    real = subprocess.run([found, "-c", "import sys; print(sys.executable)"], env=env,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    via = "" if os.path.realpath(found) == os.path.realpath(real) else \
+        f" ({found} is a launcher, e.g. a pyenv shim)"
+    return real or BASE_PYTHON, f"{line}: {words[0]} on PATH runs {real}{via}"
 
 
 # -- 2. Submit ---------------------------------------------------------------
@@ -297,11 +317,12 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
     from bench import python_ops
 
     n = s.pyops
-    bare, eng_json, eng_mem, nu_ms = [], [], [], []
+    bare, eng_zygote, eng_json, eng_mem, nu_ms = [], [], [], [], []
     nu_error = nu.unavailable and f"peer unavailable: {nu.unavailable}"
     for _ in range(s.pyops_runs):
         r = python_ops.measure(n, TMP_PARENT)
         bare.append(r["bare_s"] / n * 1000)
+        eng_zygote.append(r["engine_zygote_s"] / n * 1000)
         eng_json.append(r["engine_json_s"] / n * 1000)
         eng_mem.append(r["engine_memory_s"] / n * 1000)
         if not nu_error:
@@ -314,9 +335,14 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
             except (subprocess.SubprocessError, OSError) as e:
                 nu_error = f"peer failed: {e}"[:200]
     ref = "python -c pass (bare spawn)"
-    rows = [row_from_samples(ref, bare, "ms/op", reference=ref, is_reference=True),
-            row_from_samples("noop op via engine + JSON store", eng_json, "ms/op", reference=ref,
-                             target=Target("<=", 1.5, "ratio")),
+    rows = [row_from_samples(ref, bare, "ms/op", reference=ref, is_reference=True,
+                             note=r["interpreter"]),
+            row_from_samples("noop op via engine + JSON store, forked from the zygote",
+                             eng_zygote, "ms/op", reference=ref,
+                             target=Target("<=", python_ops.ZYGOTE_TARGET_RATIO, "ratio"),
+                             note="the daemon's default"),
+            row_from_samples("noop op via engine + JSON store, plain spawn", eng_json, "ms/op",
+                             reference=ref, target=Target("<=", 1.5, "ratio")),
             row_from_samples("noop op via engine, memory store", eng_mem, "ms/op",
                              reference=ref, note="engine and executor alone (direct mode)")]
     nu_name = "nu -c 'null' spawn (seeds' per-task design)"
@@ -328,6 +354,14 @@ def fig_pyops(s: Scale, tmp: Path, nu: peers.Peer) -> Figure:
     scale = _scale_text(s, f"{s.pyops_runs} runs of {n} sequential ops each",
                         f"{FULL.pyops_runs} runs of {FULL.pyops}")
     return Figure(4, "Python business-logic ops", scale, rows)
+
+
+def fig_zygote(s: Scale, tmp: Path) -> Figure:
+    from bench import zygote_ops
+
+    runs = 2 if s.quick else 5
+    return zygote_ops.figure(runs, TMP_PARENT, _scale_text(s, f"{runs} interleaved rounds",
+                                                           "5 rounds"))
 
 
 # -- 5. DAG scale ------------------------------------------------------------
@@ -451,7 +485,7 @@ def bare_python_rss_mib() -> float:
 
 
 def fig_idle(s: Scale, tmp: Path) -> Figure:
-    cpu, rss, ref, wrss, uss = [], [], [], [], []
+    cpu, rss, ref, wrss, zrss, uss, zuss = [], [], [], [], [], [], []
     for _ in range(s.idle_runs):
         out = run_script(["bench/idle.py", "--json", "--seconds", str(s.idle_seconds),
                           "--workflows", str(s.idle_workflows)],
@@ -460,7 +494,9 @@ def fig_idle(s: Scale, tmp: Path) -> Figure:
         cpu.append(dig(doc, "cpu_percent"))
         rss.append(dig(doc, "rss_mb"))
         wrss.append(dig(doc, "writer_rss_mb"))
+        zrss.append(dig(doc, "zygote_rss_mb"))
         uss.append(dig(doc, "uss_mb") + dig(doc, "writer_uss_mb"))
+        zuss.append(dig(doc, "zygote_uss_mb"))
         ref.append(bare_python_rss_mib())
     ref_name = "bare python interpreter RSS"
     rows = [row_from_samples(ref_name, ref, "MiB", reference=ref_name, is_reference=True),
@@ -470,6 +506,10 @@ def fig_idle(s: Scale, tmp: Path) -> Figure:
                              reference=ref_name,
                              note="storage.writer_process = false: none (in-process writes)"),
             row_from_samples("daemon + writer, private memory (USS)", uss, "MiB"),
+            row_from_samples("its Python zygote child, RSS", zrss, "MiB", reference=ref_name,
+                             note="boto3 pre-imported when installed (figure 9); "
+                                  "executor.python_zygote = false: none"),
+            row_from_samples("its Python zygote child, private memory (USS)", zuss, "MiB"),
             row_from_samples(f"daemon CPU over {s.idle_seconds:g} s idle", cpu, "%",
                              target=Target("<", 1.0, label="< 1%"),
                              note="no ratio: the floor is 0")]
@@ -505,10 +545,10 @@ def fig_autostart(s: Scale, tmp: Path) -> Figure:
 # -- the runner ----------------------------------------------------------------
 
 FIGURES = {"cli": 1, "submit": 2, "tasks": 3, "pyops": 4, "dag": 5, "recovery": 6, "idle": 7,
-           "autostart": 8}
+           "autostart": 8, "zygote": 9}
 TITLES = {1: "CLI start", 2: "Submit (HTTP, durable)", 3: "Task execution",
           4: "Python business-logic ops", 5: "DAG scale", 6: "Recovery after kill -9",
-          7: "Idle daemon", 8: "Cold auto-start"}
+          7: "Idle daemon", 8: "Cold auto-start", 9: "Python zygote"}
 
 
 def parse_only(values: list[str]) -> list[int]:
@@ -517,7 +557,7 @@ def parse_only(values: list[str]) -> list[int]:
         for name in filter(None, (x.strip() for x in v.split(","))):
             num = FIGURES.get(name) or (int(name) if name.isdigit() else 0)
             if num not in TITLES:
-                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-8)")
+                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-9)")
             chosen.append(num)
     return sorted(set(chosen)) or list(TITLES)
 
@@ -535,8 +575,9 @@ def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
                3: lambda: fig_tasks(s, tmp, peer("huey")),
                4: lambda: fig_pyops(s, tmp, peer("nushell")),
                5: lambda: fig_dag(s, tmp), 6: lambda: fig_recovery(s, tmp),
-               7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp)}[num]()
-    except Exception as e:  # one broken figure must not hide the other seven
+               7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp),
+               9: lambda: fig_zygote(s, tmp)}[num]()
+    except Exception as e:  # one broken figure must not hide the others
         traceback.print_exc(file=sys.stderr)
         fig = Figure(num, TITLES[num], rows=[Row(TITLES[num], error=str(e)[:300] or repr(e))])
     finally:
@@ -549,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer runs, smaller N: < 2 min")
     ap.add_argument("--only", action="append", default=[], metavar="NAME",
-                    help=f"figures to run: {', '.join(FIGURES)} or 1-8 (repeat or comma-list)")
+                    help=f"figures to run: {', '.join(FIGURES)} or 1-9 (repeat or comma-list)")
     ap.add_argument("--out", type=Path, default=report.RESULTS_PATH,
                     help="where to write the JSON results (default bench/results.json)")
     ap.add_argument("--markdown", action="store_true", help="also print the markdown table")

@@ -5,7 +5,8 @@ optionally queues some finished workflows first so the in-memory index is not
 empty, then samples its process with psutil over the window and reports CPU %
 (user + system time of the daemon and any children / wall time), RSS, USS
 and thread count, and the RSS and USS of its record-writer child
-(provisioning/store/writer.py).
+(provisioning/store/writer.py) and of its Python zygote (engine/zygote.py; with
+boto3 pre-imported when it is installed, as by default).
 
 With --dashboard, a browser's visit is replayed over HTTP before the window
 (sign-in code, login, the page and its files, the list, a workflow, its
@@ -66,6 +67,15 @@ def visit_dashboard(d: BenchDaemon, conn, workflow_id: str) -> None:
         status, _, _ = get(path, session)
         if status != 200:
             raise SystemExit(f"dashboard visit: GET {path} answered {status}")
+def child_memory(proc: psutil.Process, module: str):
+    """memory_full_info() of the daemon's child running `module`, or None."""
+    for child in proc.children():
+        try:
+            if module in " ".join(child.cmdline()):
+                return child.memory_full_info()
+        except psutil.Error:
+            continue
+    return None
 
 
 def main() -> int:
@@ -97,13 +107,14 @@ def main() -> int:
         time.sleep(args.seconds)  # the measurement window itself
         used, wall = cpu_seconds(proc) - before_cpu, time.monotonic() - t0
         mem = proc.memory_full_info()
-        writers = [c for c in proc.children()
-                   if "provisioning.store.writer" in " ".join(c.cmdline())]
-        wmem = writers[0].memory_full_info() if writers else None
+        wmem, zmem = child_memory(proc, "provisioning.store.writer"), \
+            child_memory(proc, "provisioning.engine.zygote_server")
         result = {"seconds": wall, "cpu_seconds": used, "cpu_percent": 100 * used / wall,
                   "rss_mb": mem.rss / 2**20, "uss_mb": mem.uss / 2**20,
                   "writer_rss_mb": wmem.rss / 2**20 if wmem else 0.0,
                   "writer_uss_mb": wmem.uss / 2**20 if wmem else 0.0,
+                  "zygote_rss_mb": zmem.rss / 2**20 if zmem else 0.0,
+                  "zygote_uss_mb": zmem.uss / 2**20 if zmem else 0.0,
                   "threads": proc.num_threads(), "workflows_done": args.workflows,
                   "dashboard_visited": args.dashboard,
                   "target_cpu_percent": 1.0}
@@ -117,7 +128,9 @@ def main() -> int:
               f"{result['cpu_percent']:.3f}% ({result['cpu_seconds']:.3f} s)  target < 1%")
         print(f"memory: RSS {result['rss_mb']:.1f} MiB, USS {result['uss_mb']:.1f} MiB, "
               f"{result['threads']} threads; writer process RSS "
-              f"{result['writer_rss_mb']:.1f} MiB, USS {result['writer_uss_mb']:.1f} MiB")
+              f"{result['writer_rss_mb']:.1f} MiB, USS {result['writer_uss_mb']:.1f} MiB; "
+              f"zygote RSS {result['zygote_rss_mb']:.1f} MiB, "
+              f"USS {result['zygote_uss_mb']:.1f} MiB")
     return 0 if result["cpu_percent"] < 1.0 else 1
 
 

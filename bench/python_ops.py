@@ -7,11 +7,18 @@ one at a time, against N bare `python -c pass` spawns of the same interpreter,
 one at a time, in the same run. Sequential on purpose: on 2 cores a parallel
 run measures the CPU count, not the per-op cost.
 
-Two engine rows:
-- "engine + JSON store": the daemon's path (JsonFileStore in a temp dir under
-  /var/tmp, a real disk; fsync as PROVISIONING_FSYNC says, on by default);
-- "engine, memory store": the engine and executor alone (direct mode's store).
-Target (issue 8): engine + JSON store per op <= 1.5x the bare spawn.
+Three engine rows:
+- "engine + JSON store, zygote": the daemon's path (JsonFileStore in a temp dir
+  under /var/tmp, a real disk; fsync as PROVISIONING_FSYNC says, on by default),
+  each op forked from the Python zygote (engine/zygote.py, the daemon's default);
+- "engine + JSON store, plain spawn": the same with `executor.python_zygote = false`;
+- "engine, memory store": the engine and executor alone (direct mode: plain spawn).
+Targets: the zygote row <= 0.3x the bare spawn (issue 19); plain spawn <= 1.5x
+(issue 8).
+
+The bare spawn runs `sys.executable` (the venv's interpreter, a symlink to the
+real binary, never the pyenv shim that `python3` on PATH is here), as the
+registry's argv for a Python op does.
 
 Usage: python bench/python_ops.py [--ops 200] [--json]
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 TARGET_RATIO = 1.5
+ZYGOTE_TARGET_RATIO = 0.3
 
 
 def bare_spawns(n: int) -> float:
@@ -42,7 +51,7 @@ def bare_spawns(n: int) -> float:
     return time.perf_counter() - t0
 
 
-def engine_ops(n: int, root: Path, *, memory: bool) -> float:
+def engine_ops(n: int, root: Path, *, memory: bool, zygote: bool = False) -> float:
     """Seconds from submit to finish of one workflow of n `noop` tasks, parallelism 1."""
     from provisioning.config import load_config
     from provisioning.engine.engine import Engine
@@ -60,9 +69,11 @@ def engine_ops(n: int, root: Path, *, memory: bool) -> float:
     else:
         from provisioning.store.jsonfile import JsonFileStore
         store = JsonFileStore(DataPaths(root / "data"))
-    engine = Engine(store, config)
+    engine = Engine(store, config, python_zygote=zygote)
     engine.start()
     try:
+        if zygote and not (engine.zygote and engine.zygote.started.wait(120) and engine.zygote.pid):
+            raise RuntimeError("the Python zygote did not start")
         spec = parse_workflow({"workflow": {"name": "python-ops", "max_parallel": 1},
                                "tasks": [{"id": f"op{i}", "op": "noop", "params": {"i": i}}
                                          for i in range(n)]},
@@ -83,11 +94,19 @@ def measure(n: int, base_dir: str | None = None) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-pyops-", dir=base_dir or "/var/tmp"))
     try:
         bare = bare_spawns(n)
+        forked = engine_ops(n, root / "zygote", memory=False, zygote=True)
         json_store = engine_ops(n, root / "json", memory=False)
         memory = engine_ops(n, root / "memory", memory=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {"ops": n, "bare_s": bare, "engine_json_s": json_store, "engine_memory_s": memory}
+    return {"ops": n, "bare_s": bare, "engine_zygote_s": forked, "engine_json_s": json_store,
+            "engine_memory_s": memory, "interpreter": interpreter()}
+
+
+def interpreter() -> str:
+    """Which interpreter the bare spawns (and every Python op) ran."""
+    real = os.path.realpath(sys.executable)
+    return sys.executable if real == sys.executable else f"{sys.executable} -> {real}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -103,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        for key, label in (("bare_s", "python -c pass"), ("engine_json_s", "engine + JSON store"),
+        for key, label in (("bare_s", "python -c pass"), ("engine_zygote_s", "engine, zygote"),
+                           ("engine_json_s", "engine + JSON store"),
                            ("engine_memory_s", "engine, memory store")):
             print(f"{label:<24} {res[key]:7.3f} s  {res[key] / n * 1000:6.2f} ms/op  "
                   f"{res[key] / res['bare_s']:5.2f}x")

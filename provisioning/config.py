@@ -79,6 +79,10 @@ class ExecutorConfig:
     shutdown_grace_seconds: int = 30  # SIGTERM of the daemon: let tasks finish
     lib_dirs: list[str] = field(default_factory=list)  # extension dirs after PROVISIONING_LIB
     nushell_binary: str = "nu"
+    # Python ops forked from a pre-imported helper of the daemon (engine/zygote.py);
+    # Linux only, the daemon only. Preload: modules imported in it when importable.
+    python_zygote: bool = True
+    python_zygote_preload: list[str] = field(default_factory=lambda: ["boto3"])
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class Config:
 
 
 VALID_MODES = ("auto", "direct", "orchestrated")
+MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _CHOICES = {("execution", "default_mode"): VALID_MODES, ("storage", "backend"): ("filesystem",)}
 
 
@@ -317,6 +322,11 @@ def _check_ranges(merged: dict[str, dict[str, Any]], sources: dict[str, str]) ->
                 f"{sources[f'{section}.{key}']}: {section}.{key} must be at least 1, "
                 f"got {merged[section][key]}"
             )
+    for name in merged["executor"]["python_zygote_preload"]:
+        if not MODULE_NAME_RE.match(name):
+            raise ConfigError(
+                f"{sources['executor.python_zygote_preload']}: executor.python_zygote_preload "
+                f"must list module names (like 'boto3'), got {name!r}")
     port = merged["server"]["port"]
     if not 0 <= port <= 65535:
         raise ConfigError(f"{sources['server.port']}: server.port must be 0-65535, got {port}")

@@ -151,3 +151,17 @@ def test_cli_config_path_lists_layers(isolated):
     layers = [r["layer"] for r in rows]
     assert layers[-2:] == ["user", "workspace"] and layers[0] == "system"
     assert [r["exists"] for r in rows if r["layer"] == "workspace"] == [True]
+
+
+def test_python_zygote_keys(tmp_path):
+    cfg = load_config()
+    assert cfg.executor.python_zygote is True and cfg.executor.python_zygote_preload == ["boto3"]
+    f = write(tmp_path / "z.toml", '[executor]\npython_zygote = false\n'
+                                   'python_zygote_preload = ["boto3", "my_sdk.client"]\n')
+    cfg = load_config(f)
+    assert cfg.executor.python_zygote is False
+    assert cfg.executor.python_zygote_preload == ["boto3", "my_sdk.client"]
+    bad = write(tmp_path / "bad.toml", '[executor]\npython_zygote_preload = ["os; rm"]\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: executor.python_zygote_preload must "
+                                          r"list module names .* got 'os; rm'"):
+        load_config(bad)

@@ -1,4 +1,8 @@
-"""The task executor: real subprocesses, real output volumes, real kills."""
+"""The task executor: real subprocesses, real output volumes, real kills.
+
+Every test runs twice: the task's Python code as a plain spawn, and as a Python op
+forked from a real zygote (engine/zygote.py), which must not differ in any way a
+task can tell."""
 
 from __future__ import annotations
 
@@ -12,20 +16,60 @@ from pathlib import Path
 import psutil
 import pytest
 
+from provisioning.engine import zygote as zygote_mod
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from tests.conftest import wait_for
+
+LAUNCH: dict[str, object] = {"zygote": None}
+
+
+@pytest.fixture(scope="module")
+def module_zygote():
+    if not zygote_mod.supported():
+        yield None
+        return
+    z = zygote_mod.Zygote(env=clean_env({}), settings=zygote_mod.ZygoteSettings(True, ()))
+    z.start()
+    assert z.started.wait(60) and z.pid is not None
+    yield z
+    z.close()
+
+
+@pytest.fixture(autouse=True, params=["spawn", "zygote"])
+def launch(request, module_zygote):
+    if request.param == "zygote":
+        if module_zygote is None:
+            pytest.skip("the Python zygote needs Linux (pidfd, SCM_RIGHTS)")
+        LAUNCH["zygote"] = module_zygote
+    yield request.param
+    LAUNCH["zygote"] = None
 
 
 def _run(tmp_path: Path, code: str, *, params=None, timeout_s: float = 30, grace: float = 1,
          env_extra=None, name="t") -> tuple[TaskProcess, dict]:
     key = f"00000000-0000-4000-8000-000000000000.{name}{os.getpid()}"
-    run = TaskRun(key=key, argv=[sys.executable, "-c", code], params=params or {},
+    script = tmp_path / f"{name}_op.py"  # a Python op, as the registry resolves one
+    script.write_text(code)
+    run = TaskRun(key=key, argv=[sys.executable, str(script)], params=params or {},
                   env=clean_env({"PROVISIONING_TASK_ID": key, **(env_extra or {})}),
                   log_path=tmp_path / f"{name}.log", attempt=1, timeout_s=timeout_s,
                   kill_grace_s=grace)
     progress: list[tuple[int, str | None]] = []
-    proc = TaskProcess(run, on_progress=lambda p, m: progress.append((p, m)))
+    proc = TaskProcess(run, on_progress=lambda p, m: progress.append((p, m)),
+                       zygote=LAUNCH["zygote"])
     return proc, {"progress": progress, "log": run.log_path}
+
+
+def test_the_zygote_runs_the_op(tmp_path: Path, launch: str):
+    code = "import os, sys; print('RESULT: ' + str(os.getppid()))"
+    proc, seen = _run(tmp_path, code)
+    out = proc.run()
+    forked = "[forked from the Python zygote]" in seen["log"].read_text()
+    assert forked == (launch == "zygote")
+    if launch == "zygote":
+        assert out.result == LAUNCH["zygote"].pid
+    else:
+        assert out.result == os.getpid()
 
 
 def _gone(pid: int) -> bool:
@@ -193,3 +237,14 @@ def test_big_params_do_not_block_a_task_that_never_reads_them(tmp_path: Path):
     out = _run(tmp_path, code, params={"blob": "y" * 500_000})[0].run()
     assert out.result == 500_000
     assert json.dumps  # keep import used
+
+
+def test_an_uncaught_exception_or_exit_message_is_logged_and_exits_1(tmp_path: Path):
+    proc, seen = _run(tmp_path, "def f():\n    raise RuntimeError('boom')\nf()\n")
+    out = proc.run()
+    assert out.exit_code == 1 and not out.succeeded
+    log = seen["log"].read_text()
+    assert "Traceback (most recent call last)" in log and "RuntimeError: boom" in log
+    proc, seen = _run(tmp_path, "import sys; sys.exit('bad thing')", name="msg")
+    out = proc.run()
+    assert out.exit_code == 1 and "bad thing" in seen["log"].read_text()

@@ -20,6 +20,11 @@ are rebuilt from), and the tasks recorded `succeeded` are noted. After the
 restart the workflow must succeed; each noted task ran exactly once; every task
 ran at least once and at most twice; quarantine holds nothing but leftover temp
 files. The seed is printed on failure (CRASH_SEED to replay).
+
+The matrix runs twice: with the sh script through `shell.run` (a plain spawn),
+and with the same task as a Python extension op, forked from the daemon's
+Python zygote (engine/zygote.py), whose children recovery must find and kill
+like any other task process.
 """
 
 from __future__ import annotations
@@ -58,8 +63,35 @@ fi
 echo "PROGRESS: 90 done"
 """
 
+# The same task as a Python op (lib dir <base>/lib, op `crash.task`): params on stdin.
+PYTHON_TASK = """
+import json, os, sys, time
+p = json.load(sys.stdin)
+ck = os.environ["PROVISIONING_CHECKPOINT"]
+if p["ck"] and os.path.exists(ck) and os.path.getsize(ck):
+    sys.exit(0)
+print("PROGRESS: 10 started", flush=True)
+with open(p["effects"], "a") as f:
+    f.write(p["id"] + "\\n")
+print("PROGRESS: 50 effect written", flush=True)
+time.sleep(float(p["sleep"]))
+if p["ck"]:
+    with open(ck + ".part", "w") as f:
+        f.write(json.dumps({"done": True, "result": p["id"]}))
+    os.rename(ck + ".part", ck)
+print("PROGRESS: 90 done", flush=True)
+"""
 
-def dag(rng: random.Random, script: Path, effects: Path) -> dict:
+
+def python_op_lib(base: Path, name: str, code: str) -> Path:
+    """A lib dir holding op `crash.<name>`."""
+    lib = base / "lib"
+    (lib / "crash").mkdir(parents=True, exist_ok=True)
+    (lib / "crash" / f"{name}.py").write_text(code)
+    return lib
+
+
+def dag(rng: random.Random, script: Path, effects: Path, ops: str = "shell") -> dict:
     tasks = []
     for i in range(TASKS):
         earlier = list(range(max(0, i - 8), i))
@@ -67,7 +99,10 @@ def dag(rng: random.Random, script: Path, effects: Path) -> dict:
         pause = rng.choice(["0", "0", "0.02", "0.05", "0.1"])
         argv = ["/bin/sh", str(script), f"t{i:02d}", str(effects), pause,
                 "ck" if i % 2 else "plain"]
-        tasks.append({"id": f"t{i:02d}", "op": "shell.run", "params": {"argv": argv},
+        task = ({"op": "shell.run", "params": {"argv": argv}} if ops == "shell" else
+                {"op": "crash.task", "params": {"id": f"t{i:02d}", "effects": str(effects),
+                                                "sleep": pause, "ck": bool(i % 2)}})
+        tasks.append({"id": f"t{i:02d}", **task,
                       "depends_on": [f"t{d:02d}" for d in sorted(deps)]})
     return {"workflow": {"name": "crash-dag", "max_parallel": 8}, "tasks": tasks}
 
@@ -98,7 +133,8 @@ def effect_counts(effects: Path) -> Counter:
     return Counter(line for line in effects.read_text().splitlines() if line)
 
 
-def crash_iteration(base: Path, rng: random.Random, kind: str) -> dict[str, int]:
+def crash_iteration(base: Path, rng: random.Random, kind: str,
+                    ops: str = "shell") -> dict[str, int]:
     base.mkdir()
     data = base / "data"
     script = base / "task.sh"
@@ -107,7 +143,9 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> dict[str, int]
     cfg = {"storage": {"data_dir": str(data)},
            "executor": {"max_concurrent_tasks": 8, "checkpoint_interval_seconds": 0,
                         "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
-    spec = dag(rng, script, effects)
+    if ops == "python":
+        cfg["executor"]["lib_dirs"] = [str(python_op_lib(base, "task", PYTHON_TASK))]
+    spec = dag(rng, script, effects, ops)
     d = start_daemon(base, **cfg)
     accepted: list[str] = []
 
@@ -185,33 +223,49 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> dict[str, int]
             "succeeded_at_kill": len(succeeded_at_kill)}
 
 
-def run_matrix(tmp_path: Path, iterations: int) -> None:
+def run_matrix(tmp_path: Path, iterations: int, ops: str = "shell") -> None:
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     for i in range(iterations):
         kind = KINDS[i % len(KINDS)]
         try:
-            result = crash_iteration(tmp_path / f"it{i:02d}", rng, kind)
+            result = crash_iteration(tmp_path / f"it{i:02d}", rng, kind, ops)
         except BaseException as e:
-            raise AssertionError(f"iteration {i} (kill during {kind}), CRASH_SEED={seed}: "
-                                 f"{e}") from e
+            raise AssertionError(f"iteration {i} (kill during {kind}, {ops} ops), "
+                                 f"CRASH_SEED={seed}: {e}") from e
         STATS["iterations"] += 1
         STATS["duplicates"] += result["duplicates"]
         STATS["succeeded_at_kill"] += result["succeeded_at_kill"]
-    print(f"\ncrash matrix: {STATS} (seed {seed})")
+    print(f"\ncrash matrix ({ops} ops): {STATS} (seed {seed})")
 
 
-def test_crash_matrix_one_round_of_each_kill_point(tmp_path: Path):
-    run_matrix(tmp_path, len(KINDS))
+@pytest.mark.parametrize("ops", ["shell", "python"])
+def test_crash_matrix_one_round_of_each_kill_point(tmp_path: Path, ops: str):
+    run_matrix(tmp_path, len(KINDS), ops)
 
 
 @pytest.mark.slow
-def test_crash_matrix_30_iterations(tmp_path: Path):
-    run_matrix(tmp_path, 32)
+@pytest.mark.parametrize("ops", ["shell", "python"])
+def test_crash_matrix_30_iterations(tmp_path: Path, ops: str):
+    run_matrix(tmp_path, 32, ops)
 
 
-def test_orphaned_task_of_a_killed_daemon_is_stopped_before_it_runs_again(tmp_path: Path):
-    """A task still running when the daemon died never runs twice at the same time."""
+LONG_PYTHON_TASK = """
+import json, sys, time
+p = json.load(sys.stdin)
+with open(p["marker"], "a") as f:
+    f.write("start\\n")
+time.sleep(30)
+with open(p["marker"], "a") as f:
+    f.write("end\\n")
+"""
+
+
+@pytest.mark.parametrize("ops", ["shell", "python"])
+def test_orphaned_task_of_a_killed_daemon_is_stopped_before_it_runs_again(tmp_path: Path,
+                                                                          ops: str):
+    """A task still running when the daemon died never runs twice at the same time
+    (a Python op: also when it was forked by the daemon's zygote, which died too)."""
     base = tmp_path / "orphan"
     base.mkdir()
     marker = base / "running.txt"
@@ -219,15 +273,22 @@ def test_orphaned_task_of_a_killed_daemon_is_stopped_before_it_runs_again(tmp_pa
     # records "start" and "end"; a second start before an end would mean overlap
     script.write_text('#!/bin/sh\necho start >> "$1"\nsleep 30\necho end >> "$1"\n')
     cfg = {"storage": {"data_dir": str(base / "data")},
-           "executor": {"kill_grace_seconds": 1, "shutdown_grace_seconds": 1}}
+           "executor": {"kill_grace_seconds": 1, "shutdown_grace_seconds": 1,
+                        "lib_dirs": [str(python_op_lib(base, "long", LONG_PYTHON_TASK))]}}
     d = start_daemon(base, **cfg)
-    status, body = d.request("POST", "/workflows", {"tasks": [
-        {"id": "long", "op": "shell.run",
-         "params": {"argv": ["/bin/sh", str(script), str(marker)]}}]})
+    zygote = None
+    if ops == "python":  # forked by the zygote, not spawned: wait until it serves
+        zygote = wait_for(lambda: d.health()["python_zygote_pid"], timeout=60,
+                          what="the zygote")
+    task = ({"op": "shell.run", "params": {"argv": ["/bin/sh", str(script), str(marker)]}}
+            if ops == "shell" else {"op": "crash.long", "params": {"marker": str(marker)}})
+    status, body = d.request("POST", "/workflows", {"tasks": [{"id": "long", **task}]})
     assert status == 202
     key = f"{body['workflow_id']}.long"
     pid = wait_for(lambda: d.request("GET", f"/tasks/{key}")[1].get("pid"), timeout=30,
                    what="the task's pid")
+    if zygote is not None:
+        assert psutil.Process(pid).ppid() == zygote
     d.kill()
     os.kill(pid, 0)  # the task outlived its daemon (own session)
     d2 = start_daemon(base, **cfg)

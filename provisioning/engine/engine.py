@@ -38,6 +38,8 @@ from provisioning.engine.model import WorkflowSpec, WorkflowStatus
 from provisioning.engine.scheduling import Scheduling
 from provisioning.engine.transitions import TaskTransitions
 from provisioning.engine.workers import TaskThreads
+from provisioning.engine.zygote import Zygote
+from provisioning.engine.zygote import supported as zygote_supported
 from provisioning.errors import (
     Conflict,
     NotFound,
@@ -55,7 +57,8 @@ MAX_EVENTS_PER_CALL = 1000
 
 class Engine(Scheduling, FlowIndex, TaskTransitions):
     def __init__(self, store: Store, config: Config, *, registry: OpRegistry | None = None,
-                 instance_id: str = "direct", endpoint: str | None = None):
+                 instance_id: str = "direct", endpoint: str | None = None,
+                 python_zygote: bool = False):
         self.store = store
         self._writer = RecordWriter(store)  # group commit of record writes (commit.py)
         self.config = config
@@ -84,6 +87,8 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
         self._thread: threading.Thread | None = None
         self._next_incoming = 0.0
         self._base_env: dict[str, str] | None = None  # clean_env({}), once per start
+        self._want_zygote = python_zygote  # the daemon's; direct mode: README "Decisions"
+        self.zygote: Zygote | None = None  # forks Python ops (zygote.py), once started
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -110,6 +115,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
                 self._seq = max(self._seq, _int(w.get("seq")))
                 self._restore_flow(w, grouped.get(w["id"], []))
             self._writer.flush()  # what recovery rewrote is durable before we go on
+            self._start_zygote()
             self._started = True
             self._thread = threading.Thread(target=self._scheduler, name="engine-scheduler",
                                             daemon=True)
@@ -143,9 +149,18 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
                         waiters.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.zygote is not None:  # after the tasks: it reports their exits
+            self.zygote.close()
         self._writer.close()  # write what is pending; later writes are synchronous
         # JsonFileStore: close its open event logs, delete its spare inodes (on demand again)
         getattr(self.store, "close", lambda: None)()
+
+    def _start_zygote(self) -> None:
+        if self._want_zygote and self.config.executor.python_zygote and zygote_supported():
+            env = {**self._base_env,
+                   "PROVISIONING_STORAGE_DATA_DIR": str(self.config.storage.data_dir)}
+            self.zygote = Zygote.from_config(self.config, env=env)
+            self.zygote.start()
 
     # -- public API --------------------------------------------------------
 

@@ -13,7 +13,11 @@
   descendants that called setsid and were reparented: psutil's children()
   misses those, giampaolo/psutil#2534); the child is always reaped.
 
-The run loop waits on a selector (pipe, pidfd, wake-up pipe): no polling.
+A Python op (registry.python_script) is forked from the daemon's Python
+zygote when there is one (zygote.py), otherwise spawned; either way the
+executor sees a Child (children.py) and treats it the same.
+
+The run loop waits on a selector (pipe, exit fd, wake-up pipe): no polling.
 """
 
 from __future__ import annotations
@@ -23,78 +27,39 @@ import os
 import selectors
 import shlex
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from provisioning.engine.children import Child, PopenChild
 from provisioning.engine.proctree import kill_tree, marked_processes, signal_quietly, tree_processes
 from provisioning.engine.protocol import LineParser
-from provisioning.selfexec import package_parent_dir
+from provisioning.engine.tasklog import TaskLog
+from provisioning.engine.taskrun import KEPT_ENV, TaskOutcome, TaskRun, clean_env
+from provisioning.ops.registry import python_script
 
-__all__ = ["TaskOutcome", "TaskProcess", "TaskRun", "clean_env", "kill_tree", "marked_processes"]
+if TYPE_CHECKING:
+    from provisioning.engine.zygote import Zygote
 
-KEPT_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR")
+__all__ = ["KEPT_ENV", "TaskLog", "TaskOutcome", "TaskProcess", "TaskRun", "clean_env",
+           "kill_tree", "marked_processes"]
+
 EOF_GRACE_SECONDS = 2.0  # after the main process exits, how long leftovers may hold the pipe
 READ_CHUNK = 1 << 16
-
-
-def clean_env(extra: dict[str, str]) -> dict[str, str]:
-    """The task environment: a few harmless inherited variables, PYTHONPATH, and `extra`."""
-    env = {k: v for k, v in os.environ.items() if k in KEPT_ENV or k.startswith("LC_")}
-    env.setdefault("PATH", os.defpath)
-    pythonpath = [package_parent_dir()]
-    if os.environ.get("PYTHONPATH"):
-        pythonpath.append(os.environ["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(pythonpath)
-    env.update(extra)
-    return env
-
-
-@dataclass
-class TaskRun:
-    """Everything needed to run one attempt of one task."""
-
-    key: str
-    argv: list[str]
-    params: dict[str, Any]
-    env: dict[str, str]  # PROVISIONING_* for the task; see clean_env
-    log_path: Path
-    attempt: int
-    timeout_s: float
-    kill_grace_s: float
-    cwd: str | None = None
-    send_params: bool = True  # False: stdin is closed at once (argv run directly)
-
-
-@dataclass
-class TaskOutcome:
-    exit_code: int | None = None
-    signal: int | None = None
-    timed_out: bool = False
-    stop_reason: str | None = None  # "cancelled", "shutdown": stopped on request
-    result: Any = None
-    error: str | None = None
-    started_at: float = 0.0
-    finished_at: float = 0.0
-
-    @property
-    def succeeded(self) -> bool:
-        return (self.exit_code == 0 and not self.timed_out and self.stop_reason is None
-                and self.error is None)
-
+REAP_AFTER_KILL_SECONDS = 30.0  # after SIGKILL: a process that does not end is given up
+LOST_STATUS = "its exit status was lost: the Python zygote that started it died first"
 
 
 class TaskProcess:
     """One attempt of one task. run() blocks in the calling (task) thread;
     stop() may be called from any thread."""
 
-    def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None]):
+    def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None],
+                 zygote: Zygote | None = None):
         self.spec = run
         self.on_progress = on_progress
+        self.zygote = zygote  # forks Python ops, when there is one
         self.pid: int | None = None  # set once started
         self.finished = False  # set once its process was reaped (the pid is no longer ours)
         self._stop_reason: str | None = None
@@ -126,25 +91,21 @@ class TaskProcess:
             return outcome
         log = TaskLog(self.spec.log_path, self._header())
         try:
-            try:
-                proc = subprocess.Popen(  # noqa: S603 - argv list from the registry
-                    self.spec.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, start_new_session=True, env=self.spec.env,
-                    close_fds=True, cwd=self.spec.cwd)
-            except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv/env/cwd
-                outcome.error = f"cannot start {self.spec.argv[0]!r}: {e}"
-                outcome.finished_at = time.time()
-                log.line(f"[provisioning] {outcome.error}")
+            child = self._start(log, outcome)
+            if child is None:
                 return outcome
             try:
-                self.pid = proc.pid
-                self._feed_stdin(proc)
-                self._loop(proc, log, outcome)
+                self.pid = child.pid
+                self._feed_stdin(child)
+                self._loop(child, log, outcome)
             finally:
-                self._reap(proc)
+                self._reap(child)
                 self.finished = True
-            rc = proc.returncode
-            if rc is not None and rc < 0:
+                child.close()
+            rc = child.returncode
+            if child.lost:
+                outcome.error = LOST_STATUS
+            elif rc is not None and rc < 0:
                 outcome.signal = -rc
             else:
                 outcome.exit_code = rc
@@ -156,6 +117,23 @@ class TaskProcess:
             log.close()
             self._close_wake()
 
+    def _start(self, log: TaskLog, outcome: TaskOutcome) -> Child | None:
+        """Fork it from the zygote (a Python op, when there is one), else spawn it.
+        None when it cannot start: the outcome says why, and so does the log."""
+        spec = self.spec
+        if self.zygote is not None and python_script(spec.argv) is not None:
+            child = self.zygote.spawn(spec.argv, env=spec.env, cwd=spec.cwd, key=spec.key)
+            if child is not None:
+                log.header += " [forked from the Python zygote]"
+                return child
+        try:
+            return PopenChild(spec.argv, env=spec.env, cwd=spec.cwd)
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv/env/cwd
+            outcome.error = f"cannot start {spec.argv[0]!r}: {e}"
+            outcome.finished_at = time.time()
+            log.line(f"[provisioning] {outcome.error}")
+            return None
+
     def _close_wake(self) -> None:
         with self._lock:  # stop() must never write to a closed (maybe reused) fd
             self._closed = True
@@ -164,41 +142,41 @@ class TaskProcess:
 
     # -- internals ---------------------------------------------------------
 
-    def _feed_stdin(self, proc: subprocess.Popen) -> None:
+    def _feed_stdin(self, child: Child) -> None:
         data = json.dumps(self.spec.params).encode() if self.spec.send_params else b""
         # Params are small; a task that never reads stdin must not block us,
         # so write from a helper only when they exceed the pipe buffer.
         if len(data) < 16_000:  # fits any pipe buffer (macOS: 16 KB)
             try:
-                proc.stdin.write(data)
-                proc.stdin.close()
+                if data:
+                    os.write(child.stdin_fd, data)
             except OSError:
                 pass
+            child.close_stdin()
             return
+        fd = child.stdin_fd
+        child.stdin_fd = None  # the helper owns and closes it
 
         def feed() -> None:
             try:
-                proc.stdin.write(data)
+                _write_all(fd, data)
             except OSError:
                 pass
             finally:
-                try:
-                    proc.stdin.close()
-                except OSError:
-                    pass
+                os.close(fd)
 
         threading.Thread(target=feed, daemon=True, name=f"stdin-{self.spec.key}").start()
 
-    def _loop(self, proc: subprocess.Popen, log: TaskLog, outcome: TaskOutcome) -> None:
+    def _loop(self, child: Child, log: TaskLog, outcome: TaskOutcome) -> None:
         parser = LineParser(self.on_progress)
-        out_fd = proc.stdout.fileno()
+        out_fd = child.stdout_fd
         os.set_blocking(out_fd, False)
         sel = selectors.DefaultSelector()
         sel.register(out_fd, selectors.EVENT_READ, "out")
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        pidfd = _pidfd(proc.pid)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ, "exit")
+        exit_fd = child.exit_fd()
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ, "exit")
         deadline = time.monotonic() + self.spec.timeout_s
         phase = "running"  # running -> terminating -> killed; or running -> exited
         out_open = True
@@ -209,19 +187,19 @@ class TaskProcess:
                     with self._lock:
                         reason = self._stop_reason
                     if reason is not None or now >= deadline:
-                        self._begin_stop(proc, outcome, reason, log)
+                        self._begin_stop(child, outcome, reason, log)
                         phase, deadline = "terminating", now + self.spec.kill_grace_s
                         continue
-                elif phase == "terminating" and (now >= deadline or proc.poll() is not None):
-                    self._kill_all(proc)
+                elif phase == "terminating" and (now >= deadline or child.poll()):
+                    self._kill_all(child)
                     phase, deadline = "killed", now + EOF_GRACE_SECONDS
                     continue
                 elif phase in ("killed", "exited") and now >= deadline:
                     if phase == "exited":
-                        self._kill_all(proc)  # leftovers of a finished task hold the pipe
+                        self._kill_all(child)  # leftovers of a finished task hold the pipe
                     break
-                if pidfd is None and phase in ("running", "terminating"):
-                    # No pidfd (not Linux): notice the exit at least every half second.
+                if exit_fd is None and phase in ("running", "terminating"):
+                    # No exit fd (not Linux): notice the exit at least every half second.
                     timeout = min(deadline - now, 0.5)
                 else:
                     timeout = deadline - now
@@ -229,23 +207,15 @@ class TaskProcess:
                     if skey.data == "out":
                         out_open = self._drain(out_fd, log, parser)
                     elif skey.data == "wake":
-                        try:
-                            os.read(self._wake_r, 1024)
-                        except BlockingIOError:
-                            pass
+                        _drain_wake(self._wake_r)
                     elif skey.data == "exit":
-                        sel.unregister(pidfd)
-                        os.close(pidfd)
-                        pidfd = None
-                        if phase == "running":
+                        exit_fd = self._exit_news(child, sel, exit_fd)
+                        if exit_fd is None and phase == "running":
                             phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
-                if pidfd is None and phase == "running" and proc.poll() is not None:
+                if exit_fd is None and phase == "running" and child.poll():
                     phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
         finally:
             sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
-            proc.stdout.close()
         parser.close()
         outcome.result = parser.result
         if parser.result_error:
@@ -257,40 +227,46 @@ class TaskProcess:
         elif phase == "running":
             # EOF while running: the main process closed its output; wait for its exit,
             # still honouring the timeout and stop requests.
-            self._wait_after_eof(proc, outcome, log)
+            self._wait_after_eof(child, outcome, log)
 
-    def _wait_after_eof(self, proc: subprocess.Popen, outcome: TaskOutcome, log: TaskLog) -> None:
+    @staticmethod
+    def _exit_news(child: Child, sel: selectors.BaseSelector, exit_fd: int) -> int | None:
+        """The exit fd is readable: None once the child has ended, else the fd to wait
+        on next (a zygote child's changes to its pidfd if the zygote died)."""
+        sel.unregister(exit_fd)
+        if child.poll():
+            return None
+        new_fd = child.exit_fd()
+        if new_fd is not None:
+            sel.register(new_fd, selectors.EVENT_READ, "exit")
+        return new_fd
+
+    def _wait_after_eof(self, child: Child, outcome: TaskOutcome, log: TaskLog) -> None:
         deadline = time.monotonic() + max(0.0, self.spec.timeout_s - (time.time()
                                                                        - outcome.started_at))
         sel = selectors.DefaultSelector()
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        pidfd = _pidfd(proc.pid)
-        if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        exit_fd = child.exit_fd()
+        if exit_fd is not None:
+            sel.register(exit_fd, selectors.EVENT_READ, "exit")
         try:
-            while proc.poll() is None:
+            while not child.poll():
                 with self._lock:
                     reason = self._stop_reason
                 now = time.monotonic()
                 if reason is not None or now >= deadline:
-                    self._begin_stop(proc, outcome, reason, log)
-                    try:
-                        proc.wait(self.spec.kill_grace_s)
-                    except subprocess.TimeoutExpired:
-                        pass
-                    self._kill_all(proc)
+                    self._begin_stop(child, outcome, reason, log)
+                    child.wait(self.spec.kill_grace_s)
+                    self._kill_all(child)
                     return
-                timeout = deadline - now if pidfd is not None else min(deadline - now, 0.5)
+                timeout = deadline - now if exit_fd is not None else min(deadline - now, 0.5)
                 for skey, _ in sel.select(max(0.0, timeout)):
-                    if skey.fileobj == self._wake_r:
-                        try:
-                            os.read(self._wake_r, 1024)
-                        except BlockingIOError:
-                            pass
+                    if skey.data == "wake":
+                        _drain_wake(self._wake_r)
+                    elif (exit_fd := self._exit_news(child, sel, exit_fd)) is None:
+                        break
         finally:
             sel.close()
-            if pidfd is not None:
-                os.close(pidfd)
         self._kill_group(signal.SIGKILL)  # leftovers in the finished task's group
 
     def _drain(self, out_fd: int, log: TaskLog, parser: LineParser) -> bool:
@@ -309,7 +285,7 @@ class TaskProcess:
             if len(chunk) < READ_CHUNK:
                 return True
 
-    def _begin_stop(self, proc: subprocess.Popen[bytes], outcome: TaskOutcome,
+    def _begin_stop(self, child: Child, outcome: TaskOutcome,
                     reason: str | None, log: TaskLog) -> None:
         """Record why the task stops (its timeout, or `reason` from stop()), say so
         in its log, and SIGTERM its tree; the caller waits the grace and kills."""
@@ -319,21 +295,22 @@ class TaskProcess:
         else:
             outcome.stop_reason = reason
         log.line(f"[provisioning] {outcome.error or reason}: stopping the process tree")
-        self._terminate(proc)
+        self._terminate(child)
 
-    def _terminate(self, proc: subprocess.Popen) -> None:
+    def _terminate(self, child: Child) -> None:
         """SIGTERM the group and every known descendant (snapshot before parents die)."""
-        # (no create time needed: our child is not reaped yet, its pid is still ours)
-        self._tree_snapshot = tree_processes(proc.pid, None, self.spec.key)
+        # (no create time needed: the child is not reaped yet, its pid is still its own)
+        self._tree_snapshot = tree_processes(None if child.done else child.pid, None,
+                                             self.spec.key)
         self._kill_group(signal.SIGTERM)
         for p in self._tree_snapshot:
             signal_quietly(p, signal.SIGTERM)
 
-    def _kill_all(self, proc: subprocess.Popen) -> None:
+    def _kill_all(self, child: Child) -> None:
         """SIGKILL the group, then sweep the recorded tree and everything carrying the marker."""
         self._kill_group(signal.SIGKILL)
         known = list(self._tree_snapshot)
-        known += tree_processes(proc.pid, None, self.spec.key)
+        known += tree_processes(None if child.done else child.pid, None, self.spec.key)
         for p in known:
             signal_quietly(p, signal.SIGKILL)
 
@@ -345,17 +322,11 @@ class TaskProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _reap(self, proc: subprocess.Popen) -> None:
-        try:
-            proc.wait(timeout=max(self.spec.kill_grace_s, 1.0))
-        except subprocess.TimeoutExpired:
-            self._kill_all(proc)
-            proc.wait()
-        if proc.stdin and not proc.stdin.closed:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+    def _reap(self, child: Child) -> None:
+        if not child.wait(max(self.spec.kill_grace_s, 1.0)):
+            self._kill_all(child)
+            child.wait(REAP_AFTER_KILL_SECONDS)
+        child.close_stdin()
 
     def _header(self) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -364,8 +335,12 @@ class TaskProcess:
         return f"=== attempt {self.spec.attempt} started {stamp}: {shlex.join(self.spec.argv)}"
 
     def _footer(self, outcome: TaskOutcome) -> str:
-        how = (f"exit code {outcome.exit_code}" if outcome.signal is None
-               else f"killed by signal {outcome.signal}")
+        if outcome.exit_code is None and outcome.signal is None:
+            how = "exit status unknown"
+        elif outcome.signal is None:
+            how = f"exit code {outcome.exit_code}"
+        else:
+            how = f"killed by signal {outcome.signal}"
         if outcome.error:
             how += f" ({outcome.error})"
         elif outcome.stop_reason:
@@ -374,15 +349,11 @@ class TaskProcess:
                 f"{outcome.finished_at - outcome.started_at:.2f}s")
 
 
-
-def _pidfd(pid: int) -> int | None:
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
+def _drain_wake(fd: int) -> None:
     try:
-        return opener(pid)
-    except OSError:
-        return None
+        os.read(fd, 1024)
+    except BlockingIOError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -390,31 +361,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
-
-
-class TaskLog:
-    """A task attempt's log, appended to; the file is opened (and the
-    attempt's header written) at the first write."""
-
-    def __init__(self, path: Path, header: str):
-        self.path = path
-        self.header = header
-        self.fd: int | None = None
-
-    @property
-    def opened(self) -> bool:
-        return self.fd is not None
-
-    def write(self, data: bytes) -> None:
-        if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            _write_all(self.fd, (self.header + "\n").encode("utf-8", "replace"))
-        _write_all(self.fd, data)
-
-    def line(self, text: str) -> None:
-        self.write((text + "\n").encode("utf-8", "replace"))
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None

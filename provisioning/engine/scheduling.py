@@ -153,7 +153,8 @@ class Scheduling:
             run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
             run.env = {**base, **(params.get("env") or {}), **env}
         process = TaskProcess(
-            run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m))
+            run, on_progress=lambda p, m: self._on_progress(key, lease_token, p, m),
+            zygote=self.zygote)
         handle = _Running(process=process, lease_token=lease_token, task_token=task_token,
                           gate=gate)
         self._threads.run(lambda: self._run_task(key, handle))

@@ -10,6 +10,11 @@ In a dir, op `area.verb` is `<area>/<verb>.py` (run with this Python),
 `<area>` is tried as given and with an `s` appended (`server` -> `servers`).
 Files in world-writable places are refused: anyone could swap the code the
 orchestrator runs.
+
+A Python op (a built-in, or a `.py` file in a lib dir) resolves to exactly
+`[sys.executable, "<file>.py"]`; python_script() recognises that argv, so the
+executor may fork it from the daemon's pre-imported Python zygote instead of
+starting an interpreter (engine/zygote.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ _OP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9][A-Za-z0-9_-]*)+$"
 
 NU_INSTALL_HINT = ("install Nushell (https://www.nushell.sh/book/installation.html) or set "
                    "executor.nushell_binary to its path")
+
+
+def python_script(argv: list[str]) -> str | None:
+    """The script of a Python op's argv (as resolve() makes it), or None."""
+    if len(argv) == 2 and argv[0] == sys.executable and argv[1].endswith(".py"):
+        return argv[1]
+    return None
 
 
 class OpRegistry:

@@ -128,7 +128,7 @@ class Orchestrator:
         registry = OpRegistry.from_config(config)
         store = JsonFileStore(self.data_paths, writer_process=config.storage.writer_process)
         self.engine = Engine(store, config, registry=registry, instance_id=self.instance_id,
-                             endpoint=endpoint)
+                             endpoint=endpoint, python_zygote=True)
         self.engine.start()
         self.server.attach(self.engine, registry)
         self.serve_thread = threading.Thread(target=self.server.serve_forever,

@@ -83,6 +83,8 @@ def health(call: Call) -> Response:
         "queue": server.engine.stats(),
         # None: records are written in-process (off by config, or the child died)
         "record_writer_pid": getattr(server.engine.store, "writer_pid", None),
+        # None: Python ops are spawned plainly (off, starting, restarting, given up)
+        "python_zygote_pid": zygote.pid if (zygote := server.engine.zygote) else None,
     })
 
 

@@ -160,7 +160,10 @@ _SCHEMAS: dict[str, Any] = {
         "draining": {"type": "boolean"}, "queue": {"type": "object"},
         "record_writer_pid": {"type": "integer", "nullable": True,
                               "description": "the daemon's record-writer child; null when "
-                                             "records are written in-process"}}},
+                                             "records are written in-process"},
+        "python_zygote_pid": {"type": "integer", "nullable": True,
+                              "description": "the daemon's Python zygote (forks Python ops); "
+                                             "null when they are spawned plainly"}}},
     "WorkflowDefinition": {"type": "object", "required": ["tasks"], "properties": {
         "workflow": {"type": "object", "properties": {
             "name": {"type": "string"}, "max_parallel": {"type": "integer", "minimum": 1},
