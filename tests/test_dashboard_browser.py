@@ -152,7 +152,7 @@ def test_a_running_task_turns_succeeded_on_screen_without_a_reload(daemon, conte
     assert daemon.request("GET", f"/workflows/{wf}")[1]["status"] == "succeeded"
 
 
-def test_cancel_from_the_button_cancels(daemon, context):
+def test_cancel_and_retry_from_the_buttons(daemon, context):
     wf = submit(daemon, "to-cancel", [*SLEEPER, {"id": "later", "op": "noop",
                                                  "depends_on": ["sleeper"]}])
     page = signed_in(context, daemon)
@@ -165,7 +165,10 @@ def test_cancel_from_the_button_cancels(daemon, context):
     expect(page.locator(".wf-title")).to_have_attribute("data-status", "cancelled")
     expect(page.locator("g.node[data-id=sleeper]")).to_have_attribute("data-status", "cancelled")
     expect(page.locator("#cancel")).to_be_disabled()
-    expect(page.locator("#retry")).to_be_enabled()
+    page.locator("#retry").click()  # and the page follows the workflow again, live
+    expect(page.locator("g.node[data-id=sleeper]")).to_have_attribute("data-status", "running")
+    expect(page.locator(".wf-title")).to_have_attribute("data-status", "running")
+    assert daemon.request("GET", f"/workflows/{wf}")[1]["status"] == "running"
 
 
 # The page's own origin, but a request made without the CSRF token; then the
