@@ -152,7 +152,7 @@ def test_a_running_task_turns_succeeded_on_screen_without_a_reload(daemon, conte
     assert daemon.request("GET", f"/workflows/{wf}")[1]["status"] == "succeeded"
 
 
-def test_cancel_from_the_button_cancels(daemon, context):
+def test_cancel_and_retry_from_the_buttons(daemon, context):
     wf = submit(daemon, "to-cancel", [*SLEEPER, {"id": "later", "op": "noop",
                                                  "depends_on": ["sleeper"]}])
     page = signed_in(context, daemon)
@@ -165,7 +165,10 @@ def test_cancel_from_the_button_cancels(daemon, context):
     expect(page.locator(".wf-title")).to_have_attribute("data-status", "cancelled")
     expect(page.locator("g.node[data-id=sleeper]")).to_have_attribute("data-status", "cancelled")
     expect(page.locator("#cancel")).to_be_disabled()
-    expect(page.locator("#retry")).to_be_enabled()
+    page.locator("#retry").click()  # and the page follows the workflow again, live
+    expect(page.locator("g.node[data-id=sleeper]")).to_have_attribute("data-status", "running")
+    expect(page.locator(".wf-title")).to_have_attribute("data-status", "running")
+    assert daemon.request("GET", f"/workflows/{wf}")[1]["status"] == "running"
 
 
 # The page's own origin, but a request made without the CSRF token; then the
@@ -318,3 +321,36 @@ def test_a_thousand_workflows_list_in_pages(tmp_path, context):
         assert page.evaluate("window.sameDocument") is True
     finally:
         d.stop()
+
+
+# Each node's column (from its x), the edges drawn, and the fill of each state.
+DAG_FACTS = """() => {
+  const nodes = [...document.querySelectorAll("svg.dag g.node")];
+  const xs = nodes.map((g) => g.transform.baseVal[0].matrix.e);
+  const columns = [...new Set(xs)].sort((a, b) => a - b);
+  const fill = {};
+  for (const g of nodes) {
+    fill[g.dataset.status] = getComputedStyle(g.querySelector("rect.box")).fill;
+  }
+  return {column: Object.fromEntries(nodes.map((g, i) => [g.dataset.id, columns.indexOf(xs[i])])),
+          edges: document.querySelectorAll("svg.dag path.edge").length, fill};
+}"""
+
+
+def test_the_dag_is_layered_by_dependency_depth_and_coloured_by_state(daemon, context):
+    wf = submit(daemon, "shape", [
+        {"id": "a", "op": "noop"}, {"id": "b", "op": "noop", "depends_on": ["a"]},
+        {"id": "c", "op": "noop", "depends_on": ["a"]},
+        {"id": "d", "op": "noop", "depends_on": ["b", "c"]},
+        {"id": "e", "op": "shell.run", "params": {"argv": ["false"]}, "depends_on": ["a"]},
+        {"id": "f", "op": "noop", "depends_on": ["d", "e"]}, {"id": "g", "op": "noop"}])
+    daemon.wait_workflow(wf)
+    page = signed_in(context, daemon)
+    open_workflow(page, wf)
+    expect(page.locator("g.node[data-id=f]")).to_have_attribute("data-status", "skipped")
+    facts = page.evaluate(DAG_FACTS)
+    assert facts["column"] == {"a": 0, "b": 1, "c": 1, "d": 2, "e": 1, "f": 3, "g": 0}
+    assert facts["edges"] == 7  # one per dependency
+    assert len({facts["fill"][s] for s in ("succeeded", "failed", "skipped")}) == 3
+    expect(page.locator("g.node[data-id=e] text.sub")).to_have_text("failed")
+    expect(page.locator(".counts")).to_contain_text("5 succeeded")

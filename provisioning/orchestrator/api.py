@@ -6,7 +6,9 @@ validation (400) before its endpoint (endpoints.py) sees it. Responses are
 JSON with a Content-Length (keep-alive clients never hang), errors are
 `{"error": ...}`. Anything unexpected is logged with its traceback to the
 daemon log and answered 500 `{"error": "internal error"}`: no input may
-reach that path.
+reach that path. Paths under /ui/ (the dashboard's pages and files, ui.py)
+leave the pipeline after the Host and Origin checks; a request without a
+bearer token may instead carry a dashboard session (sessions.py).
 
 Slow clients: each connection has a socket timeout
 (server.request_timeout_seconds) and at most server.max_connections are

@@ -82,6 +82,15 @@ def cookie_value(header: str | None, name: str) -> str | None:
     return None
 
 
+def cross_site_refusal(headers: Mapping[str, str]) -> Verdict | None:
+    """A 403 for a request the browser says another site (or another port) made;
+    None when it says it is ours, or says nothing (not a browser, or an old one)."""
+    site = (headers.get("Sec-Fetch-Site") or "same-origin").strip().lower()
+    if site == "same-origin":
+        return None
+    return Verdict(False, 403, f"cross-site request refused (Sec-Fetch-Site: {site[:40]})")
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -168,9 +177,9 @@ def authorize_request(store: SessionStore, *, port: int, method: str, route_path
     session_id = cookie_value(headers.get("Cookie"), cookie_name(port))
     if session_id is None:
         return None
-    fetch_site = (headers.get("Sec-Fetch-Site") or "same-origin").strip().lower()
-    if fetch_site != "same-origin":
-        return Verdict(False, 403, f"cross-site request refused (Sec-Fetch-Site: {fetch_site})")
+    refusal = cross_site_refusal(headers)
+    if refusal is not None:
+        return refusal
     verdict = store.check(session_id, headers.get(CSRF_HEADER))
     if verdict.ok and (method, route_path) not in SESSION_ROUTES:
         return Verdict(False, 403, f"{method} {route_path} is not open to dashboard sessions; "

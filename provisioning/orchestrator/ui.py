@@ -140,10 +140,10 @@ def _sign_out(request: UiRequest, store: sessions.SessionStore) -> Page:
     cleared = {"Set-Cookie": f"{name}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"}
     if session_id is None:
         return Page(200, b'{"signed_out":true}', "application/json", cleared)
-    fetch_site = (request.headers.get("Sec-Fetch-Site") or "same-origin").lower()
-    verdict = store.check(session_id, request.headers.get(sessions.CSRF_HEADER))
-    if verdict.status == 403 or fetch_site != "same-origin":
-        # a valid session is ended only by its own page, never by a cross-site form
-        return _error(403, verdict.reason or "cross-site request refused")
+    # a live session is ended only by its own page, never by another site's form
+    refusal = sessions.cross_site_refusal(request.headers)
+    verdict = refusal or store.check(session_id, request.headers.get(sessions.CSRF_HEADER))
+    if verdict.status == 403:
+        return _error(403, verdict.reason)
     store.end(session_id)
     return Page(200, b'{"signed_out":true}', "application/json", cleared)

@@ -20,6 +20,9 @@ export function workflowView(root, {id, task: initialTask}, ui) {
   const signal = ctrl.signal;
   const tasks = new Map();
   let wf = null, dag = null, last = 0, selected = null;
+  let nap = null;  // the pause between re-checks of a finished workflow; wake() ends it
+  const wake = () => nap?.abort();
+  signal.addEventListener("abort", wake);
   const log = {tid: null, offset: null, busy: false, again: false, timer: null};
 
   const title = el("h1", {class: "wf-title", text: "…"});
@@ -110,7 +113,10 @@ export function workflowView(root, {id, task: initialTask}, ui) {
         last = doc.last;
         if (doc.events.length) renderHead();
         if (reload) await load();
-        if (done && !doc.events.length) await pause(FINISHED_RECHECK_MS, signal);
+        if (done && !doc.events.length) {
+          nap = new AbortController();
+          await pause(FINISHED_RECHECK_MS, nap.signal);
+        }
       } catch (error) {
         if (signal.aborted || error.signedOut) return;
         ui.live(false, error.message);
@@ -125,6 +131,7 @@ export function workflowView(root, {id, task: initialTask}, ui) {
       wf = {...wf, ...(await api(`/workflows/${enc(id)}/${what}`, {method: "POST", signal}))};
       ui.notice(what === "cancel" ? "Cancel requested." : "Retry requested.");
       await load();
+      wake();  // a retried workflow runs again: follow it now, not after the pause
     } catch (error) {
       if (!signal.aborted) ui.error(`${what} failed: ${error.message}`);
     }
