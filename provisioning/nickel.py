@@ -190,9 +190,10 @@ def _evaluate(file: Path, contracts: Path) -> Any:
         if proc.returncode != EXIT_NO_LIBRARY:
             return _result(file, proc)
         if binary is None:
-            raise UsageError(f"{file}: the Nickel library cannot be loaded "
-                             f"({proc.stderr.strip()}), and there is no `nickel` binary on "
-                             "PATH", hint=HOW_TO_GET_NICKEL)
+            raise UsageError(f"{file}: the Nickel library cannot be loaded by Python "
+                             f"{sys.version.split()[0]} ({proc.stderr.strip()}; built for "
+                             "another Python?), and there is no `nickel` binary on PATH",
+                             hint=HOW_TO_GET_NICKEL)
     return _result(file, _run_child({"mode": "binary", "binary": binary}, file, import_paths))
 
 

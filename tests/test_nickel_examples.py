@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,47 @@ def test_config_validate_and_plain_errors_on_the_examples(workspace: Path):
     assert r.stderr.startswith(f"error: {settings}:14:3: contract broken by the value of "
                                "`servers`: extra field `zone_name`"), r.stderr
     assert "\x1b[" not in r.stderr and "Traceback" not in r.stderr
+
+
+def _other_minor_python() -> str | None:
+    """An interpreter (>= 3.11) of another CPython minor version than this one.
+    (3.10 would need tomli, which a zipapp built on 3.11+ does not carry.)"""
+    probe = "import sys; print(sys.version_info >= (3, 11), sys.version_info[1])"
+    names = ("python3.13", "python3.12", "python3.11", "python3")
+    candidates = [shutil.which(n, path="/usr/bin:/bin") for n in names]
+    candidates += sorted(str(p) for p in Path("~/.pyenv/versions").expanduser().glob(
+        "3.1*/bin/python3"))  # pyenv's interpreters, when its shims hide them
+    for exe in dict.fromkeys(c for c in candidates if c):
+        r = subprocess.run([exe, "-c", probe], capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 and r.stdout.split() not in (
+                ["True", str(sys.version_info[1])], ["False", str(sys.version_info[1])]) \
+                and r.stdout.startswith("True"):
+            return exe
+    return None
+
+
+def test_zipapp_carries_py_nickel_for_its_build_python(tmp_path_factory, tmp_path: Path):
+    from tests.test_packaging import build_dist_once, zipapp_env
+
+    pyz = build_dist_once(tmp_path_factory)["dist"] / "provisioning"
+    with zipfile.ZipFile(pyz) as z:
+        names = set(z.namelist())
+        info = json.loads(z.read("site-packages/provisioning/_zipapp_build.json"))
+    assert "site-packages/provisioning/ncl/provisioning/workflow.ncl" in names
+    tag = f"cpython-{sys.version_info[0]}{sys.version_info[1]}"
+    assert [e.split(".")[1].startswith(tag) for e in info["optional_extensions"]] == [True]
+    assert info["abi_tag"] == "py3"  # the core still runs on any CPython >= 3.10
+    example = str(REPO / "examples" / "multi-cloud-deployment.ncl")
+    env = zipapp_env(tmp_path / "shiv")
+    # -S: the build's interpreter without its own site-packages, so the bundled copy is used
+    r = subprocess.run([sys.executable, "-S", str(pyz), "config", "validate", example],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "a valid workflow (7 tasks)" in r.stdout, r.stderr
+    other = _other_minor_python()
+    if other is None:
+        pytest.skip("no Python of another minor version here to check the message")
+    r = subprocess.run([other, str(pyz), "config", "validate", example], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "the Nickel library cannot be loaded by Python" in r.stderr
+    assert "no `nickel` binary on PATH" in r.stderr
