@@ -340,3 +340,11 @@ def test_neither_library_nor_binary_exits_2_naming_both(tmp_path: Path):
     assert "Traceback" not in r.stderr
     assert "needs the Nickel library or the `nickel` binary, and neither is installed" in r.stderr
     assert "pip install 'provisioning[nickel]'" in r.stderr and "binary on PATH" in r.stderr
+
+
+def test_commands_without_nickel_files_do_not_import_the_loader():
+    # start-up (bench/cli_start.py): the Nickel loader is imported by the first .ncl file only
+    code = ("import sys; import provisioning.engine.loader, provisioning.ops.infra, "
+            "provisioning.cli.workflow, provisioning.cli.config_cmd; "
+            "sys.exit('provisioning.nickel' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0

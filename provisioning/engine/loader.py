@@ -17,7 +17,6 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioning import nickel
 from provisioning.engine.model import PRIORITIES, TaskSpec, WorkflowSpec
 from provisioning.errors import UsageError, ValidationError
 
@@ -47,6 +46,8 @@ def load_workflow_file(path: str | Path, *, registry: OpRegistry | None = None) 
     elif suffix == ".json":
         data = _read_json(p)
     elif suffix == ".ncl":
+        from provisioning import nickel  # lazy: start-up of commands without .ncl files
+
         # after a contract error, the same checks list every problem of the file
         data = nickel.export(p, validate=lambda d: parse_workflow(
             _with_default_name(d, p), source=str(p), registry=registry))

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from provisioning import nickel
 from provisioning.errors import UsageError, ValidationError
 
 if sys.version_info >= (3, 11):
@@ -166,6 +165,8 @@ def _read_settings(file: Path, validate: Callable[[Any], object] | None = None
                    ) -> dict[str, Any]:
     """The settings file's data; `validate` lists the problems after a contract error."""
     if file.suffix == ".ncl":
+        from provisioning import nickel  # lazy: start-up of commands without .ncl files
+
         data = nickel.export(file, validate=validate)
     else:
         try:
