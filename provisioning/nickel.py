@@ -173,7 +173,7 @@ def _problems_without_contracts(file: Path, validate: Callable[[Any], object]) -
         return None
     try:
         validate(data)
-    except ValidationError as e:
+    except UsageError as e:  # any input problem (an unknown provider is a UsageError)
         return e.message
     return None
 
