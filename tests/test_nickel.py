@@ -17,6 +17,7 @@ from provisioning.engine.loader import TASK_KEYS, WORKFLOW_KEYS, load_workflow_f
 from provisioning.errors import UsageError, ValidationError
 from provisioning.ops import infra as infra_mod
 from provisioning.ops.infra import load_infra
+from provisioning.planner.build import resolve_infra_params
 from tests.conftest import REPO
 
 needs_library = pytest.mark.skipif(not nickel.library_available(),
@@ -351,17 +352,14 @@ def test_commands_without_nickel_files_do_not_import_the_loader():
 
 
 def test_relative_infra_params_resolve_next_to_the_workflow_file(tmp_path: Path):
-    from provisioning.engine.loader import load_workflow_file as load
-    from provisioning.ops.workflows import resolve_infra_params
-
     ws = tmp_path / "ws"
     write(ws / "infra" / "demo" / "settings.toml", '[infra]\nprovider = "local"\n')
     f = write(ws / "flows" / "w.ncl", '{ tasks = [ { id = "a", op = "server.create", '
               'params = { infra = "demo" } }, { id = "b", op = "noop" } ] }')
-    spec = resolve_infra_params(load(f), f.parent, source=str(f))
+    spec = resolve_infra_params(load_workflow_file(f), f.parent, source=str(f))
     assert spec.tasks[0].params == {"infra": str((ws / "infra" / "demo").resolve())}
     bad = write(ws / "flows" / "bad.ncl", '{ tasks = [ { id = "a", op = "server.create", '
                 'params = { infra = "nope" } } ] }')
     with pytest.raises(ValidationError, match=r"bad.ncl: task 'a' params.infra: unknown infra "
                                               r"'nope'"):
-        resolve_infra_params(load(bad), bad.parent, source=str(bad))
+        resolve_infra_params(load_workflow_file(bad), bad.parent, source=str(bad))
