@@ -30,6 +30,10 @@ class ProvisioningError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
+    def render(self, *, color: bool = False) -> str:
+        """The text to show; `color` (a terminal) lets a subclass keep ANSI styling."""
+        return str(self)
+
 
 class UsageError(ProvisioningError):
     """Bad input: a file, a key, an argument. Exit 2."""

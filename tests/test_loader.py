@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -87,32 +86,6 @@ def test_file_errors(tmp_path: Path):
     yml.write_text("x")
     with pytest.raises(UsageError, match="unsupported"):
         load_workflow_file(yml)
-
-
-def test_nickel_missing_says_how_to_install_or_use_toml(tmp_path: Path, monkeypatch):
-    f = tmp_path / "w.ncl"
-    f.write_text("{}")
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(UsageError) as e:
-        load_workflow_file(f)
-    text = str(e.value)
-    assert "nickel" in text and "install" in text.lower() and "TOML" in text
-    assert e.value.exit_code == 2
-
-
-def test_nickel_export_through_the_binary(tmp_path: Path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    fake = bindir / "nickel"
-    doc = json.dumps({"workflow": {"name": "from-nickel"}, "tasks": [{"id": "a", "op": "noop"}]})
-    # A stand-in nickel: checks its argv, prints the exported JSON.
-    fake.write_text(f"#!/bin/sh\n[ \"$1 $2 $3\" = \"export --format json\" ] || exit 9\n"
-                    f"cat <<'EOF'\n{doc}\nEOF\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    f = tmp_path / "w.ncl"
-    f.write_text("{}")
-    assert load_workflow_file(f).name == "from-nickel"
 
 
 def test_unknown_op_names_source_task_and_field(tmp_path: Path):

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {e.render(color=sys.stderr.isatty())}", err=True)
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code

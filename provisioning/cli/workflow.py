@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +23,7 @@ from provisioning.cli.modes import ORCHESTRATED, connect, execute
 from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, follow, task_row
 from provisioning.engine.loader import load_workflow_file
 from provisioning.errors import Conflict, NotFound, UsageError
+from provisioning.planner.build import resolve_infra_params
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -55,6 +57,7 @@ def _not_direct(app: AppContext, workflow_id: str, verb: str) -> None:
 
 def _submit(app: AppContext, file: str, *, kind: str, wait: bool) -> None:
     spec = load_workflow_file(file)  # validation errors: exit 2, nothing submitted
+    spec = resolve_infra_params(spec, Path(file).resolve().parent, source=file)
     if kind == "batch" or spec.kind in ("", "workflow"):
         spec = dataclasses.replace(spec, kind=kind)
     code = execute(app, f"{kind}.submit", spec, wait=wait)

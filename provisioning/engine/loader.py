@@ -1,8 +1,9 @@
 """Workflow files and payloads -> a validated WorkflowSpec (DESIGN.md 6).
 
-Formats: TOML, JSON, and Nickel (`.ncl`, exported to JSON by the `nickel`
-binary). Everything is checked before anything runs, and every problem is a
-ValidationError (exit 2) that names the source, the task and the field.
+Formats: TOML, JSON, and Nickel (`.ncl`, evaluated by provisioning.nickel,
+which also applies the shipped contracts). Everything is checked before
+anything runs, and every problem is a ValidationError (exit 2) that names
+the source, the task and the field.
 Validation is linear in tasks + edges and never recurses, so a 10,000-task
 workflow is checked in well under a second.
 """
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 from collections import deque
 from pathlib import Path
@@ -34,8 +33,6 @@ WORKFLOW_KEYS = ("name", "max_parallel", "kind", "description")
 TASK_KEYS = ("id", "op", "params", "depends_on", "priority", "retries", "timeout_s")
 MAX_RETRIES = 100
 MAX_ERRORS_SHOWN = 20
-NICKEL_HINT = ("install Nickel (https://nickel-lang.org/getting-started, e.g. `cargo install "
-               "nickel-lang-cli`) or write the workflow as TOML")
 
 
 def load_workflow_file(path: str | Path, *, registry: OpRegistry | None = None) -> WorkflowSpec:
@@ -49,15 +46,23 @@ def load_workflow_file(path: str | Path, *, registry: OpRegistry | None = None) 
     elif suffix == ".json":
         data = _read_json(p)
     elif suffix == ".ncl":
-        data = _export_nickel(p)
+        from provisioning import nickel  # lazy: start-up of commands without .ncl files
+
+        # after a contract error, the same checks list every problem of the file
+        data = nickel.export(p, validate=lambda d: parse_workflow(
+            _with_default_name(d, p), source=str(p), registry=registry))
     else:
         raise UsageError(f"{p}: unsupported workflow file type '{p.suffix}'",
                          hint="use .toml, .json or .ncl")
+    return parse_workflow(_with_default_name(data, p), source=str(p), registry=registry)
+
+
+def _with_default_name(data: Any, p: Path) -> Any:
     if isinstance(data, dict) and isinstance(data.get("workflow"), dict):
         data["workflow"].setdefault("name", p.stem)
     elif isinstance(data, dict) and "workflow" not in data:
         data["workflow"] = {"name": p.stem}
-    return parse_workflow(data, source=str(p), registry=registry)
+    return data
 
 
 def _read_toml(p: Path) -> Any:
@@ -76,25 +81,6 @@ def _read_json(p: Path) -> Any:
         raise UsageError(f"{p}: cannot read workflow file: {e}") from e
     except json.JSONDecodeError as e:
         raise ValidationError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
-
-
-def _export_nickel(p: Path) -> Any:
-    nickel = shutil.which("nickel")
-    if nickel is None:
-        raise UsageError(f"{p}: Nickel files need the 'nickel' binary, which is not on PATH",
-                         hint=NICKEL_HINT)
-    try:
-        proc = subprocess.run([nickel, "export", "--format", "json", str(p)],
-                              capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise UsageError(f"{p}: running nickel failed: {e}") from e
-    if proc.returncode != 0:
-        raise ValidationError(f"{p}: nickel export failed:\n{proc.stderr.strip()}")
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError as e:
-        raise ValidationError(f"{p}: nickel export did not produce JSON: {e}") from e
 
 
 def _type_name(value: Any) -> str:

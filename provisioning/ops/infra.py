@@ -1,7 +1,7 @@
 """Workspaces and infra definitions: find them, load them, validate them.
 
 A workspace is a directory holding `infra/<name>/settings.toml` (or
-`settings.ncl`, exported through `nickel` when it is installed) and,
+`settings.ncl`, evaluated by provisioning.nickel with the shipped contracts) and,
 optionally, `taskservs/<name>/` folders of its own. An infra is found from
 `--infra NAME|PATH`, else `PROVISIONING_WORKSPACE`, else the current
 directory and its parents.
@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,17 +162,13 @@ def list_infras(workspace: Path) -> list[str]:
 
 # -- loading ----------------------------------------------------------------
 
-def _read_settings(file: Path) -> dict[str, Any]:
+def _read_settings(file: Path, validate: Callable[[Any], object] | None = None
+                   ) -> dict[str, Any]:
+    """The settings file's data; `validate` lists the problems after a contract error."""
     if file.suffix == ".ncl":
-        nickel = shutil.which("nickel")
-        if nickel is None:
-            raise ValidationError(f"{file}: Nickel files need the 'nickel' binary, which is "
-                                  "not installed", hint="install nickel or use settings.toml")
-        proc = subprocess.run([nickel, "export", "--format", "json", str(file)],
-                              capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise ValidationError(f"{file}: nickel export failed: {proc.stderr.strip()}")
-        data = json.loads(proc.stdout)
+        from provisioning import nickel  # lazy: start-up of commands without .ncl files
+
+        data = nickel.export(file, validate=validate)
     else:
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
@@ -213,7 +208,11 @@ def load_infra(ref: str | os.PathLike[str] | None, *, lib_dirs: list[Path] | Non
     directory = resolve_infra(None if ref is None else str(ref))
     file = _settings_file(directory)
     assert file is not None  # resolve_infra checked
-    return parse_infra(_read_settings(file), directory=directory, file=file, lib_dirs=lib_dirs)
+
+    def validate(data: Any) -> Infra:
+        return parse_infra(data, directory=directory, file=file, lib_dirs=lib_dirs)
+
+    return validate(_read_settings(file, validate))
 
 
 def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,

@@ -18,13 +18,14 @@ Shapes:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
 
 from provisioning.engine.model import TaskSpec, WorkflowSpec
 from provisioning.errors import UsageError, ValidationError
-from provisioning.ops.infra import Infra, load_infra
+from provisioning.ops.infra import Infra, load_infra, resolve_infra
 from provisioning.ops.state import StateStore
 
 KINDS = ("server.create", "server.delete", "taskserv.create", "taskserv.delete",
@@ -199,3 +200,25 @@ def _cluster_delete(infra: Infra | None, base: dict[str, Any], params: dict[str,
 _BUILDERS = {"server.create": _server_create, "server.delete": _server_delete,
              "taskserv.create": _taskserv_create, "taskserv.delete": _taskserv_delete,
              "cluster.create": _cluster_create, "cluster.delete": _cluster_delete}
+
+
+def resolve_infra_params(spec: WorkflowSpec, base_dir: Path, *, source: str) -> WorkflowSpec:
+    """A workflow file's tasks with every relative `infra` param made absolute.
+
+    A relative ref in a file means relative to that file (then the file's
+    workspace), as a path in a Terraform or Ansible file does; tasks run in
+    the daemon, whose current directory is not the user's. An unknown infra
+    is an error here (exit 2), before anything is submitted.
+    """
+    tasks = []
+    for t in spec.tasks:
+        ref = t.params.get("infra")
+        if isinstance(ref, str) and ref and not Path(ref).expanduser().is_absolute():
+            try:
+                resolved = resolve_infra(ref, cwd=base_dir)
+            except UsageError as e:
+                raise ValidationError(f"{source}: task '{t.id}' params.infra: {e.message}",
+                                      hint=e.hint) from None
+            t = dataclasses.replace(t, params={**t.params, "infra": str(resolved)})
+        tasks.append(t)
+    return dataclasses.replace(spec, tasks=tuple(tasks))
