@@ -2,15 +2,8 @@
 
 The executor (executor.py) reads its output, feeds its stdin, waits for its
 exit and kills its tree the same way whatever started it:
-- SpawnChild: a plain spawn by os.posix_spawn (Linux; half the CPU of
-  subprocess.Popen in the daemon per task, ~0.12 ms); the program is looked
-  up in the task's PATH, as Popen does. posix_spawn closes no fds: every fd
-  of the daemon is close-on-exec (Python's default, PEP 446), and the first
-  spawn marks the ones the daemon inherited from whoever started it
-  (seal_inherited_fds);
-- PopenChild: the same by subprocess.Popen (a task with a cwd, or not
-  Linux); the daemon is the parent of both and reaps them; a pidfd says
-  when they exited;
+- PopenChild: a plain spawn (subprocess.Popen) of the task's argv; the
+  daemon is its parent and reaps it; a pidfd says when it exited;
 - ZygoteChild: a fork of the Python zygote (zygote_server.py). The zygote is
   its parent and reaps it, and writes its wait status into the task's
   status pipe; that pipe is what the executor waits on. If the zygote dies
@@ -22,19 +15,13 @@ exit and kills its tree the same way whatever started it:
 
 from __future__ import annotations
 
-import errno
 import os
 import select
-import signal
 import struct
 import subprocess
-import sys
-import threading
 import time
 
 STATUS = struct.Struct("<ci")  # as zygote_server.STATUS
-POSIX_SPAWN = sys.platform.startswith("linux") and hasattr(os, "posix_spawn")
-_sealed = threading.Event()  # the daemon's inherited fds are close-on-exec
 
 
 class Child:
@@ -119,80 +106,6 @@ class PopenChild(Child):
         if self._pidfd is not None:
             fd, self._pidfd = self._pidfd, None
             _close(fd)
-
-
-class SpawnChild(Child):
-    """A task started by os.posix_spawn (Linux): see the module docstring."""
-
-    def __init__(self, argv: list[str], *, env: dict[str, str]):
-        if not _sealed.is_set():
-            seal_inherited_fds()
-        stdin_r, stdin_w = os.pipe()
-        out_r, out_w = os.pipe()
-        actions = [(os.POSIX_SPAWN_DUP2, stdin_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
-                   (os.POSIX_SPAWN_DUP2, out_w, 2)]
-        try:
-            self.pid = _spawn_in_path(argv, env, actions)
-        except BaseException:
-            for fd in (stdin_w, out_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(stdin_r)
-            os.close(out_w)
-        self.stdin_fd, self.stdout_fd = stdin_w, out_r
-        self._pidfd = _pidfd(self.pid)  # safe: our child, not reaped yet
-
-    def exit_fd(self) -> int | None:
-        return self._pidfd
-
-    def poll(self) -> bool:
-        if not self.done:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode, self.done = os.waitstatus_to_exitcode(status), True
-        return self.done
-
-    def close(self) -> None:
-        super().close()
-        if self._pidfd is not None:
-            fd, self._pidfd = self._pidfd, None
-            _close(fd)
-
-
-def _spawn_in_path(argv: list[str], env: dict[str, str], actions: list) -> int:
-    """posix_spawn argv[0] found as subprocess.Popen finds it: in the task's own PATH,
-    the first error that is not 'not there' winning. Signals as Popen leaves them
-    (SIGPIPE, SIGXFSZ default), no signal blocked, a session of its own."""
-    program = argv[0]
-    candidates = ([program] if os.path.dirname(program) else
-                  [os.path.join(d, program) for d in os.get_exec_path(env)])
-    first: OSError | None = None
-    for path in candidates:
-        try:
-            return os.posix_spawn(path, argv, env, file_actions=actions, setsid=True,
-                                  setsigmask=(), setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-        except OSError as e:
-            if e.errno not in (errno.ENOENT, errno.ENOTDIR) and first is None:
-                first = e
-    if first is not None:
-        raise first
-    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-
-
-def seal_inherited_fds() -> None:
-    """Mark every fd above 2 close-on-exec: the ones the daemon inherited from whoever
-    started it (a shell's, a service manager's) would otherwise reach every task
-    started by posix_spawn. Every fd Python opens is close-on-exec already."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            try:
-                if os.get_inheritable(fd):
-                    os.set_inheritable(fd, False)
-            except OSError:  # the listing's own fd, closed meanwhile
-                pass
-    _sealed.set()
 
 
 class ZygoteChild(Child):

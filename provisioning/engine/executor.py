@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from provisioning.engine.children import POSIX_SPAWN, Child, PopenChild, SpawnChild
+from provisioning.engine.children import Child, PopenChild
 from provisioning.engine.proctree import kill_tree, marked_processes, signal_quietly, tree_processes
 from provisioning.engine.protocol import LineParser
 from provisioning.engine.tasklog import TaskLog
@@ -127,8 +127,6 @@ class TaskProcess:
                 log.header += " [forked from the Python zygote]"
                 return child
         try:
-            if POSIX_SPAWN and spec.cwd is None:
-                return SpawnChild(spec.argv, env=spec.env)
             return PopenChild(spec.argv, env=spec.env, cwd=spec.cwd)
         except (OSError, ValueError) as e:  # ValueError: a NUL byte in argv/env/cwd
             outcome.error = f"cannot start {spec.argv[0]!r}: {e}"
