@@ -248,3 +248,24 @@ def test_an_uncaught_exception_or_exit_message_is_logged_and_exits_1(tmp_path: P
     proc, seen = _run(tmp_path, "import sys; sys.exit('bad thing')", name="msg")
     out = proc.run()
     assert out.exit_code == 1 and "bad thing" in seen["log"].read_text()
+
+
+def test_a_program_is_found_in_the_tasks_path_and_inherits_no_stray_fd(tmp_path: Path):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    tool = tools / "mytool"
+    tool.write_text("#!/bin/sh\nls /proc/self/fd\necho RESULT: '\"ok\"'\n")
+    tool.chmod(0o755)
+    stray_r, stray_w = os.pipe()
+    os.set_inheritable(stray_w, True)  # as an fd the daemon inherited from its starter
+    try:
+        env = clean_env({"PATH": f"/nonexistent:{tools}:/usr/bin:/bin"})
+        run = TaskRun(key="k", argv=["mytool"], params={}, env=env, log_path=tmp_path / "t.log",
+                      attempt=1, timeout_s=30, kill_grace_s=1, send_params=False)
+        out = TaskProcess(run, on_progress=lambda p, m: None).run()
+        assert out.succeeded and out.result == "ok"
+        fds = {int(x) for x in (tmp_path / "t.log").read_text().split() if x.isdigit()}
+        assert stray_w not in fds and fds <= {0, 1, 2, 3}  # 3: ls's own directory fd
+    finally:
+        os.close(stray_r)
+        os.close(stray_w)
