@@ -124,7 +124,7 @@ def figure(quick: bool, tmp: Path):
 
     tasks, runs = 1000, (3 if quick else 10)
     if not nickel.library_available():
-        return Figure(9, "Nickel workflow files", rows=[Row(
+        return Figure(10, "Nickel workflow files", rows=[Row(
             "Nickel load", unavailable="peer unavailable: py-nickel is not installed "
             "(extra provisioning[nickel], Python >= 3.11)")])
     samples = measure(tasks, runs)
@@ -134,7 +134,7 @@ def figure(quick: bool, tmp: Path):
     for r in rows:
         if "load + validate (bounded child)" in r.name and r.name.startswith("Nickel, 1000"):
             r.target = Target("<", 1000, label="< 1 s")
-    return Figure(9, "Nickel workflow files", f"{runs} runs each after one warm-up", rows)
+    return Figure(10, "Nickel workflow files", f"{runs} runs each after one warm-up", rows)
 
 
 def main() -> int:
