@@ -30,10 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from provisioning import fsutil  # noqa: E402
-from provisioning.engine.model import TaskSpec, WorkflowSpec  # noqa: E402
+from provisioning.model import TaskSpec, WorkflowSpec, new_submission  # noqa: E402
 from provisioning.paths import DataPaths  # noqa: E402
 from provisioning.store.jsonfile import JsonFileStore  # noqa: E402
-from provisioning.store.records import new_task_record, new_workflow_record  # noqa: E402
 
 _seq = itertools.count(1)
 SPEC = WorkflowSpec(name="bench", tasks=(TaskSpec(id="t1", op="noop", params={"n": 1}),))
@@ -45,9 +44,7 @@ def one_submission(tasks_per_workflow: int = 1):
                                   for i in range(tasks_per_workflow)))
     wid = str(uuid.uuid4())
     seq = next(_seq)
-    d = spec.to_dict()
-    return (new_workflow_record(wid, d, seq=seq),
-            [new_task_record(wid, t, seq=seq) for t in d["tasks"]])
+    return new_submission(wid, spec, last_seq=seq, now=time.time())
 
 
 def pct(samples: list[float], p: float) -> float:

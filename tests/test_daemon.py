@@ -280,7 +280,7 @@ SUBMITTER = textwrap.dedent("""
 OFFLINE = textwrap.dedent("""
     import json, sys
     from pathlib import Path
-    from provisioning.engine.model import TaskSpec, WorkflowSpec
+    from provisioning.model import TaskSpec, WorkflowSpec
     from provisioning.paths import DataPaths
     from provisioning.store.offline import submit_offline
     data_dir, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])

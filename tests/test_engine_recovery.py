@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from provisioning import model
 from provisioning.config import load_config
-from provisioning.engine import records as R
 from provisioning.engine.engine import Engine
 from provisioning.engine.loader import parse_workflow
 from provisioning.store import jsonfile
@@ -166,9 +166,8 @@ def test_recovery_kills_leftovers_honours_checkpoints_and_keeps_successes(tmp_pa
         {"id": "ok", "op": "noop"}, {"id": "next", "op": "noop",
                                      "depends_on": ["alive", "done", "ok"]}]}, source="t")
     wid, now = "6a1d3e0c-5b7f-4c1e-9a2b-3c4d5e6f7a8b", time.time()
-    wrec = R.new_workflow_record(wid, spec, seq=5, now=now)
+    wrec, trecs = model.new_submission(wid, spec, last_seq=0, now=now)
     wrec.update(status="running", started_at=now)
-    trecs = [R.new_task_record(wid, t, seq=i + 1, now=now) for i, t in enumerate(spec.tasks)]
     alive, done, ok, nxt = trecs
     leftover = _spawn_leftover(alive["key"])
     alive.update(status="running", attempts=1, lease={
@@ -205,9 +204,8 @@ def test_a_cancel_requested_before_the_crash_finishes_as_cancelled(tmp_path):
                                      {"id": "b", "op": "noop", "depends_on": ["a"]}]},
                           source="t")
     wid, now = "0b1d3e0c-5b7f-4c1e-9a2b-3c4d5e6f7a8b", time.time()
-    wrec = R.new_workflow_record(wid, spec, seq=3, now=now)
+    wrec, (a, b) = model.new_submission(wid, spec, last_seq=0, now=now)
     wrec.update(status="running", cancel_requested=True)
-    a, b = (R.new_task_record(wid, t, seq=i + 1, now=now) for i, t in enumerate(spec.tasks))
     a.update(status="running", attempts=1, lease={"token": 1, "owner": "x", "pid": None,
                                                  "pid_create_time": None})
     b.update(status="cancelled")

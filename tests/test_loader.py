@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from provisioning.engine.loader import load_workflow_file, parse_workflow
-from provisioning.engine.model import TaskSpec, WorkflowSpec
 from provisioning.errors import UsageError, ValidationError
+from provisioning.model import TaskSpec, WorkflowSpec
 from provisioning.ops.registry import OpRegistry
 
 TOML = """

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning.engine.loader import parse_workflow
-from provisioning.engine.model import WorkflowSpec
 from provisioning.errors import ValidationError
+from provisioning.model import WorkflowSpec
 from tests.conftest import wait_for
 from tests.daemon_fixture import start_daemon
 

@@ -9,19 +9,19 @@ import logging
 import os
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from provisioning.engine.model import TaskSpec, WorkflowSpec
 from provisioning.errors import ProvisioningError, StorageFull, ValidationError
+from provisioning.model import TaskSpec, WorkflowSpec, new_submission
 from provisioning.paths import DataPaths
 from provisioning.store import fscheck
 from provisioning.store.jsonfile import JsonFileStore
 from provisioning.store.memory import MemoryStore
 from provisioning.store.offline import incoming_dir, submit_offline
-from provisioning.store.records import new_task_record, new_workflow_record
 
 SPEC = WorkflowSpec(name="deploy", tasks=(
     TaskSpec(id="web-1", op="noop", params={"server": "web-1"}, priority="high"),
@@ -30,10 +30,7 @@ SPEC = WorkflowSpec(name="deploy", tasks=(
 
 
 def make(spec: WorkflowSpec = SPEC, seq: int = 1, wid: str | None = None):
-    wid = wid or str(uuid.uuid4())
-    d = spec.to_dict()
-    return (new_workflow_record(wid, d, seq=seq),
-            [new_task_record(wid, t, seq=seq) for t in d["tasks"]])
+    return new_submission(wid or str(uuid.uuid4()), spec, last_seq=seq, now=time.time())
 
 
 @pytest.fixture

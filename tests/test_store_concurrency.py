@@ -11,36 +11,34 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from provisioning import locks
-from provisioning.engine.model import TaskSpec, WorkflowSpec
+from provisioning.model import TaskSpec, WorkflowSpec, new_submission
 from provisioning.paths import DataPaths
 from provisioning.store import offline
 from provisioning.store.jsonfile import JsonFileStore
-from provisioning.store.records import new_task_record, new_workflow_record
 
 PYTHON = sys.executable
 
 WRITER = r"""
-import sys, uuid
+import sys, time, uuid
 from pathlib import Path
-from provisioning.engine.model import TaskSpec, WorkflowSpec
+from provisioning.model import TaskSpec, WorkflowSpec, new_submission
 from provisioning.paths import DataPaths
 from provisioning.store.jsonfile import JsonFileStore
-from provisioning.store.records import new_task_record, new_workflow_record
 
 store = JsonFileStore(DataPaths(Path(sys.argv[1])))
 spec = WorkflowSpec(name="w", tasks=(TaskSpec(id="a", op="noop", params={"pad": "x" * 2000}),
                                      TaskSpec(id="b", op="noop", depends_on=("a",))))
 for seq in range(1, 100_000):
     wid = str(uuid.uuid4())
-    d = spec.to_dict()
-    tasks = [new_task_record(wid, t, seq=seq) for t in d["tasks"]]
-    store.add_workflow(new_workflow_record(wid, d, seq=seq), tasks)
+    wrec, tasks = new_submission(wid, spec, last_seq=seq, now=time.time())
+    store.add_workflow(wrec, tasks)
     store.save_task(dict(tasks[0], status="running", attempts=1))
     store.append_event(wid, {"seq": 1, "type": "task", "task": "a", "status": "running"})
     print(wid, flush=True)
@@ -49,7 +47,7 @@ for seq in range(1, 100_000):
 SUBMITTER = r"""
 import sys
 from pathlib import Path
-from provisioning.engine.model import TaskSpec, WorkflowSpec
+from provisioning.model import TaskSpec, WorkflowSpec
 from provisioning.paths import DataPaths
 from provisioning.store.offline import submit_offline
 
@@ -151,15 +149,14 @@ def test_five_processes_submitting_offline_each_appear_once(paths: DataPaths):
 
 def test_threads_adding_workflows_at_once(paths: DataPaths):
     store = JsonFileStore(paths)
-    spec = WorkflowSpec(name="t", tasks=(TaskSpec(id="t", op="noop"),)).to_dict()
+    spec = WorkflowSpec(name="t", tasks=(TaskSpec(id="t", op="noop"),))
     ids: list[str] = []
     guard = threading.Lock()
 
     def work(n: int) -> None:
         for _ in range(n):
             wid = str(uuid.uuid4())
-            store.add_workflow(new_workflow_record(wid, spec, seq=1),
-                               [new_task_record(wid, spec["tasks"][0], seq=1)])
+            store.add_workflow(*new_submission(wid, spec, last_seq=1, now=time.time()))
             with guard:
                 ids.append(wid)
 

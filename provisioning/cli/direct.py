@@ -22,15 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioning.cli.monitor import follow
-from provisioning.engine.records import valid_workflow_id
 from provisioning.errors import EXIT_INTERRUPTED, NotFound, ProvisioningError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
+from provisioning.model import valid_workflow_id
 
 if TYPE_CHECKING:
     from provisioning.cli.context import AppContext
     from provisioning.config import Config
     from provisioning.engine.engine import Engine
-    from provisioning.engine.model import WorkflowSpec
+    from provisioning.model import WorkflowSpec
 
 DIRECT = "direct"  # the mode's name; cli/modes.py decides when it applies
 FILES_MAX_AGE_S = 7 * 86400  # traces and task logs of direct runs older than this go

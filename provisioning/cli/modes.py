@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 from provisioning.cli.direct import DIRECT, run_direct
 from provisioning.cli.monitor import follow
 from provisioning.errors import OrchestratorUnavailable, Unreachable, UsageError
+from provisioning.model import WorkflowStatus
 
 if TYPE_CHECKING:
     from provisioning.cli.context import AppContext
     from provisioning.client import Client
-    from provisioning.engine.model import WorkflowSpec
+    from provisioning.model import WorkflowSpec
 
 ORCHESTRATED = "orchestrated"
 AUTO = "auto"
@@ -113,7 +114,7 @@ def execute(app: AppContext, command_key: str, spec: WorkflowSpec, *, wait: bool
     if not wait:
         if app.json_output:
             app.emit_json({"workflow_id": workflow_id,
-                           "status": submitted.get("status", "queued"),
+                           "status": submitted.get("status", WorkflowStatus.QUEUED.value),
                            "mode": ORCHESTRATED})
         else:
             print(f"Workflow submitted: {workflow_id}", flush=True)

@@ -27,11 +27,13 @@ from provisioning.errors import (
     ServiceUnavailable,
     Unreachable,
 )
+from provisioning.model import FINISHED_WORKFLOW, TASK_STATUSES, TaskStatus, WorkflowStatus
 
 if TYPE_CHECKING:
     from provisioning.cli.context import AppContext
 
-FINISHED = {"succeeded", "failed", "cancelled"}
+# Task rows that show how long the run took (a skipped task never ran).
+RAN = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 TTY_POLL_S = 1.0  # the elapsed clock ticks at this rate on a terminal
 PLAIN_POLL_S = 15.0  # long-poll wait when nothing needs redrawing
 BAR_WIDTH = 20
@@ -43,8 +45,8 @@ CLEAR_BELOW = "\x1b[J"
 HIDE_CURSOR = "\x1b[?25l"
 SHOW_CURSOR = "\x1b[?25h"
 
-MARKS = {"succeeded": "ok", "failed": "!!", "running": ">>", "queued": "  ",
-         "cancelled": "xx", "skipped": "--"}
+MARKS = {TaskStatus.SUCCEEDED: "ok", TaskStatus.FAILED: "!!", TaskStatus.RUNNING: ">>",
+         TaskStatus.QUEUED: "  ", TaskStatus.CANCELLED: "xx", TaskStatus.SKIPPED: "--"}
 
 
 class EventSource(Protocol):
@@ -76,9 +78,9 @@ def counts_of(view: dict[str, Any]) -> dict[str, int]:
     counts = dict(view.get("counts") or {})
     if not counts and view.get("tasks"):
         for t in view["tasks"]:
-            counts[t.get("status", "queued")] = counts.get(t.get("status", "queued"), 0) + 1
-    return {k: int(counts.get(k, 0)) for k in
-            ("queued", "running", "succeeded", "failed", "cancelled", "skipped")}
+            status = t.get("status", TaskStatus.QUEUED)
+            counts[status] = counts.get(status, 0) + 1
+    return {k.value: int(counts.get(k, 0)) for k in TASK_STATUSES}
 
 
 def counts_line(view: dict[str, Any]) -> str:
@@ -88,7 +90,7 @@ def counts_line(view: dict[str, Any]) -> str:
 
 
 def elapsed_of(view: dict[str, Any], now: float | None = None) -> float | None:
-    if view.get("status") in FINISHED and view.get("duration_s") is not None:
+    if view.get("status") in FINISHED_WORKFLOW and view.get("duration_s") is not None:
         return float(view["duration_s"])
     start = view.get("started_at") or view.get("created_at")
     if start is None:
@@ -120,16 +122,17 @@ def event_line(event: dict[str, Any], origin: float | None) -> str:
 
 
 def task_row(task: dict[str, Any], id_width: int) -> str:
-    status = task.get("status", "queued")
+    status = task.get("status", TaskStatus.QUEUED)
     mark = MARKS.get(status, "  ")
     row = f"  [{mark}] {task.get('id', '?'):<{id_width}} {status:<10}"
-    if status == "running":
+    if status == TaskStatus.RUNNING:
         row += " " + bar(task.get("progress"))
         if task.get("message"):
             row += f"  {task['message']}"
-    elif status in ("succeeded", "failed", "cancelled"):
+    elif status in RAN:
         row += f" {fmt_duration(task.get('duration_s')):>7}"
-        detail = task.get("error") or (task.get("message") if status != "succeeded" else None)
+        detail = task.get("error") or (task.get("message") if status != TaskStatus.SUCCEEDED
+                                       else None)
         if detail:
             row += f"  {detail}"
     if int(task.get("attempts") or 0) > 1:
@@ -147,7 +150,7 @@ def frame(view: dict[str, Any], *, width: int, height: int, now: float | None = 
     tasks = list(view.get("tasks") or [])
     room = max(1, height - len(lines) - 2)
     if len(tasks) > room:
-        order = {"running": 0, "failed": 1, "queued": 2}
+        order = {TaskStatus.RUNNING: 0, TaskStatus.FAILED: 1, TaskStatus.QUEUED: 2}
         shown = sorted(tasks, key=lambda t: order.get(t.get("status"), 3))[:room - 1]
         hidden = len(tasks) - len(shown)
         tasks = [t for t in tasks if t in shown]
@@ -263,7 +266,7 @@ class Monitor:
                         f"{n} task{'' if n == 1 else 's'}, {view.get('status')}\n")
         self._draw()
         poll = TTY_POLL_S if self.tty else PLAIN_POLL_S
-        while view.get("status") not in FINISHED:
+        while view.get("status") not in FINISHED_WORKFLOW:
             self._on_events(self._call(self.source.events, self.workflow_id,
                                        after=self.after, timeout=poll))
             view = self._refresh()
@@ -273,7 +276,7 @@ class Monitor:
                                    after=self.after, timeout=0))
         self._draw()
         self._write(outcome_line(view) + "\n")
-        return EXIT_OK if view.get("status") == "succeeded" else EXIT_FAILED
+        return EXIT_OK if view.get("status") == WorkflowStatus.SUCCEEDED else EXIT_FAILED
 
 
 def follow(app: AppContext, source, workflow_id: str, *, mode: str,

@@ -23,9 +23,10 @@ from provisioning.cli.modes import ORCHESTRATED, connect, execute
 from provisioning.cli.monitor import counts_line, elapsed_of, fmt_duration, follow, task_row
 from provisioning.engine.loader import load_workflow_file
 from provisioning.errors import Conflict, NotFound, UsageError
+from provisioning.model import FINISHED_WORKFLOW, WORKFLOW_STATUSES, TaskStatus
 from provisioning.planner.build import resolve_infra_params
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = tuple(s.value for s in WORKFLOW_STATUSES)
 
 
 def _when(ts: float | None) -> str:
@@ -182,7 +183,7 @@ def workflow_retry(app: AppContext, workflow_id: str, wait: bool) -> None:
         if app.json_output:
             app.emit_json(view)
         else:
-            pending = (view.get("counts") or {}).get("queued", 0)
+            pending = (view.get("counts") or {}).get(TaskStatus.QUEUED, 0)
             click.echo(f"Workflow {workflow_id} re-queued: {pending} tasks to re-run")
         return
     app.log(f"Workflow {workflow_id} re-queued")
@@ -256,7 +257,7 @@ def _follow_logs(client: Any, workflow_id: str, view: dict[str, Any],
 
     while True:
         drain()
-        if view.get("status") in ("succeeded", "failed", "cancelled"):
+        if view.get("status") in FINISHED_WORKFLOW:
             drain()
             for key, rest in partial.items():
                 if rest:

@@ -29,12 +29,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from provisioning import model
 from provisioning.config import Config
-from provisioning.engine import records as R
+from provisioning.engine import views
 from provisioning.engine.commit import RecordWriter
 from provisioning.engine.executor import clean_env
 from provisioning.engine.flows import FlowIndex, _Flow, _Running
-from provisioning.engine.model import WorkflowSpec, WorkflowStatus
 from provisioning.engine.scheduling import Scheduling
 from provisioning.engine.transitions import TaskTransitions
 from provisioning.engine.workers import TaskThreads
@@ -47,6 +47,7 @@ from provisioning.errors import (
     UsageError,
     ValidationError,
 )
+from provisioning.model import WorkflowSpec, WorkflowStatus
 from provisioning.ops.registry import OpRegistry
 from provisioning.store.base import Store
 
@@ -101,7 +102,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
                 return
             self._base_env = clean_env({})
             workflows, tasks = self.store.load()
-            by_id = {w["id"]: w for w in workflows if R.valid_workflow_id(w.get("id"))}
+            by_id = {w["id"]: w for w in workflows if model.valid_workflow_id(w.get("id"))}
             for t in tasks:  # before recovery clears leases: tokens must only grow
                 self._seq = max(self._seq, _int(t.get("seq")))
                 self._lease_seq = max(self._lease_seq, _int((t.get("lease") or {}).get("token")),
@@ -209,7 +210,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
     def get_task(self, key: str) -> dict[str, Any]:
         with self._lock:
             flow, task = self._task(key)
-            view, written = R.task_view(task, self._live_pid(task)), flow.written
+            view, written = views.task_view(task, self._live_pid(task)), flow.written
         self._durable(written)
         return view
 
@@ -259,7 +260,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
                                "succeeded")
             now = time.time()
             for task in again:
-                R.reset_for_rerun(task, now)
+                model.reset_for_rerun(task, now)
                 self._save_task(task)
                 self._event(flow, "task", task["id"], "queued", message="retry requested")
             flow.rec.update(status="queued", finished_at=None, cancel_requested=False)
@@ -285,11 +286,11 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
             if task["status"] != "running":
                 raise Conflict(f"task {key} is {task['status']}, not running")
             self._set_progress(flow, task, progress, message or status)
-            return R.task_view(task, self._live_pid(task))
+            return views.task_view(task, self._live_pid(task))
 
     def check_task_token(self, key: str, token: str) -> bool:
         """True only for the token handed to the current run of this very task."""
-        if not isinstance(token, str) or not R.valid_task_key(key):
+        if not isinstance(token, str) or not model.valid_task_key(key):
             return False
         with self._lock:
             handle = self._running.get(key)
@@ -347,7 +348,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
     # -- lookups (lock held) -----------------------------------------------
 
     def _flow(self, workflow_id: str) -> _Flow:
-        if not R.valid_workflow_id(workflow_id):
+        if not model.valid_workflow_id(workflow_id):
             raise NotFound(f"no workflow '{workflow_id}' (ids look like "
                            "3f2b8c1e-0d4a-4e1b-9c7d-2a6f5e4d3c2b)")
         flow = self._flows.get(workflow_id)
@@ -357,7 +358,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
         return flow
 
     def _task(self, key: str) -> tuple[_Flow, dict[str, Any]]:
-        if not R.valid_task_key(key):
+        if not model.valid_task_key(key):
             raise NotFound(f"no task '{key}' (task ids look like <workflow id>.<task id>)")
         workflow_id, _, task_id = key.partition(".")
         flow = self._flow(workflow_id)
@@ -369,7 +370,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
     def _view(self, flow: _Flow, with_tasks: bool = True) -> dict[str, Any]:
         pids = {t["id"]: self._live_pid(t) for t in flow.tasks.values()
                 if t["status"] == "running"} if with_tasks else None
-        return R.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks,
+        return views.workflow_view(flow.rec, list(flow.tasks.values()), with_tasks=with_tasks,
                                live_pids=pids)
 
     def _live_pid(self, task: dict[str, Any]) -> int | None:

@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from provisioning.engine import records as R
+from provisioning import model
 from provisioning.engine.commit import DONE, Ticket
-from provisioning.engine.model import PRIORITIES, WorkflowSpec
+from provisioning.model import PRIORITIES, WorkflowSpec
 
 if TYPE_CHECKING:
     from provisioning.engine.executor import TaskProcess
@@ -60,12 +60,9 @@ class FlowIndex:
     def _new_records(self, workflow_id: str, spec: WorkflowSpec,
                      now: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Records of a new submission, numbered (lock held; nothing written yet)."""
-        task_recs = []
-        for t in spec.tasks:
-            self._seq += 1
-            task_recs.append(R.new_task_record(workflow_id, t, seq=self._seq, now=now))
-        self._seq += 1
-        return R.new_workflow_record(workflow_id, spec, seq=self._seq, now=now), task_recs
+        wrec, task_recs = model.new_submission(workflow_id, spec, last_seq=self._seq, now=now)
+        self._seq = wrec["seq"]
+        return wrec, task_recs
 
     def _publish_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> _Flow:
         """Make a durably added workflow known to the scheduler and readers."""
@@ -81,18 +78,13 @@ class FlowIndex:
         return self._publish_flow(wrec, task_recs)
 
     def _restore_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> None:
-        from provisioning.engine.loader import parse_workflow
-
         by_id = {t["id"]: t for t in task_recs}
         if any(tid not in by_id for tid in wrec.get("task_ids", [])):
             # Tasks are written before their workflow, so this is damage: rebuild them.
-            spec = parse_workflow(wrec["spec"], source=f"workflow {wrec['id']}", registry=None)
-            now = time.time()
-            for t in spec.tasks:
-                if t.id not in by_id:
-                    self._seq += 1
-                    by_id[t.id] = R.new_task_record(wrec["id"], t, seq=self._seq, now=now)
-                    self._save_task(by_id[t.id])
+            missing = [tid for tid in wrec.get("task_ids", []) if tid not in by_id]
+            for task in model.first_task_records(wrec, missing):
+                by_id[task["id"]] = task
+                self._save_task(task)
         ordered = [by_id[tid] for tid in wrec.get("task_ids", []) if tid in by_id]
         flow = self._make_flow(wrec, ordered)
         flow.events = self.store.load_events(wrec["id"])
@@ -121,7 +113,7 @@ class FlowIndex:
         flow.unfinished = 0
         now_wall, now_mono = time.time(), time.monotonic()
         for tid, t in flow.tasks.items():
-            if t["status"] not in R.FINISHED_TASK:
+            if t["status"] not in model.FINISHED_TASK:
                 flow.unfinished += 1
             flow.waiting[tid] = sum(1 for d in t.get("depends_on", [])
                                     if flow.tasks.get(d, {}).get("status") != "succeeded")

@@ -11,14 +11,13 @@ workflow is checked in well under a second.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from provisioning.engine.model import PRIORITIES, TaskSpec, WorkflowSpec
 from provisioning.errors import UsageError, ValidationError
+from provisioning.model import PRIORITIES, TASK_ID_RE, TASK_ID_RULE, TaskSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from provisioning.ops.registry import OpRegistry
@@ -28,7 +27,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 WORKFLOW_KEYS = ("name", "max_parallel", "kind", "description")
 TASK_KEYS = ("id", "op", "params", "depends_on", "priority", "retries", "timeout_s")
 MAX_RETRIES = 100
@@ -192,8 +190,7 @@ def _parse_task(raw: Any, index: int, errors: _Errors) -> TaskSpec | None:
         return None
     else:
         errors.add(f"{where} field 'id'",
-                   f"{json.dumps(task_id, default=str)} is not a valid task id: use 1-64 letters, "
-                   "digits, '-' or '_', starting with a letter or digit (no dots)")
+                   f"{json.dumps(task_id, default=str)} is not a valid task id: {TASK_ID_RULE}")
         return None
     before = len(errors.items)
     for key in raw:

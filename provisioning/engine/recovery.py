@@ -23,8 +23,8 @@ from typing import Any
 
 from provisioning import procinfo
 from provisioning.engine import executor
-from provisioning.engine.records import add_history
 from provisioning.fsutil import read_json
+from provisioning.model import add_history
 from provisioning.store.base import Store
 
 log = logging.getLogger("provisioning.engine")

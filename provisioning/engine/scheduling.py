@@ -16,7 +16,7 @@ import secrets
 import time
 from typing import Any
 
-from provisioning.engine import records as R
+from provisioning import model
 from provisioning.engine.commit import DONE, Ticket
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.flows import _Flow, _Running
@@ -172,7 +172,7 @@ class Scheduling:
             return
         for item in items:
             workflow_id = item.get("workflow_id") if isinstance(item, dict) else None
-            if not R.valid_workflow_id(workflow_id):
+            if not model.valid_workflow_id(workflow_id):
                 log.warning("ignoring an offline submission with an invalid id: %r",
                             workflow_id)
                 continue

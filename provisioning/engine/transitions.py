@@ -9,8 +9,7 @@ import logging
 import time
 from typing import Any
 
-from provisioning import procinfo
-from provisioning.engine import records as R
+from provisioning import model, procinfo
 from provisioning.engine.executor import TaskOutcome
 from provisioning.engine.flows import _Flow, _Running
 
@@ -141,7 +140,7 @@ class TaskTransitions:
         task.update(exit_code=outcome.exit_code, signal=outcome.signal, lease=None)
         self._progress_dirty.discard(key)
         self._progress_saved.pop(key, None)
-        R.add_history(task, {"attempt": task["attempts"], "started_at": task.get("started_at"),
+        model.add_history(task, {"attempt": task["attempts"], "started_at": task.get("started_at"),
                              "finished_at": now, "exit_code": outcome.exit_code,
                              "signal": outcome.signal,
                              "status": "succeeded" if outcome.succeeded else (
@@ -214,7 +213,7 @@ class TaskTransitions:
 
     def _finish_task(self, flow: _Flow, task: dict[str, Any], status: str, now: float, *,
                      error: str | None = None, progress: int | None = None) -> None:
-        if task["status"] not in R.FINISHED_TASK:
+        if task["status"] not in model.FINISHED_TASK:
             flow.unfinished -= 1
         task.update(status=status, finished_at=now, updated_at=now, retry_at=None)
         if error is not None:

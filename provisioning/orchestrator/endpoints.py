@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from provisioning.engine.loader import parse_workflow
+from provisioning.model import FINISHED_WORKFLOW, WORKFLOW_STATUSES, WorkflowStatus
 from provisioning.orchestrator.openapi import openapi_document
 from provisioning.orchestrator.validate import (
     MAX_TEXT,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 MAX_EVENTS_WAIT_S = 30.0
 LOG_CHUNK_BYTES = 1024 * 1024
-WORKFLOW_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 MAX_PAGE = 1000  # GET /workflows?limit=
 
 # POST /workflows/<area>/<verb> -> the business-logic workflow kind (the planner's)
@@ -113,7 +113,7 @@ def submit_definition(call: Call) -> Response:
 
 def _submitted(view: dict[str, Any]) -> Response:
     return Response(202, {"workflow_id": view["workflow_id"],
-                          "status": view.get("status", "queued")},
+                          "status": view.get("status", WorkflowStatus.QUEUED.value)},
                     headers={"Location": f"/workflows/{view['workflow_id']}"})
 
 
@@ -166,7 +166,7 @@ def events(call: Call) -> Response:
     engine = call.engine
     # Status first: a monitor that sees a finished status has seen every event.
     status = engine.get_workflow(wid)["status"]
-    if status in ("succeeded", "failed", "cancelled") or call.server.draining:
+    if status in FINISHED_WORKFLOW or call.server.draining:
         timeout = 0.0
     found = engine.events(wid, after=after, timeout=min(timeout, MAX_EVENTS_WAIT_S))
     last = max([after] + [int(e.get("seq", 0)) for e in found])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from provisioning.model import PRIORITIES, TASK_STATUSES, WORKFLOW_STATUSES, WorkflowStatus
 from provisioning.versions import API_VERSION, PLATFORM_VERSION
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -63,7 +64,7 @@ _KIND_SUMMARIES = {
 
 def openapi_document(port: int | None = None) -> dict[str, Any]:
     """The whole document; `port` fills the servers entry when known."""
-    accepted = {"202": _json(_ref("Accepted"), "queued")}
+    accepted = {"202": _json(_ref("Accepted"), WorkflowStatus.QUEUED.value)}
     paths: dict[str, Any] = {
         "/health": {"get": _op("Liveness, versions and queue counts (no token)",
                                {"200": _json(_ref("Health"))}, secured=False)},
@@ -74,7 +75,7 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
             "get": _op("List workflows, newest first; in pages with limit/offset",
                        {"200": _json(_ref("WorkflowList"))},
                        params=[_query_param("status", {"type": "string", "enum": [
-                           "queued", "running", "succeeded", "failed", "cancelled"]},
+                           s.value for s in WORKFLOW_STATUSES]},
                            "only workflows in this state"),
                            _query_param("limit", {"type": "integer", "minimum": 1,
                                                   "maximum": 1000},
@@ -174,14 +175,14 @@ _SCHEMAS: dict[str, Any] = {
                       "params": {"type": "object"},
                       "depends_on": {"type": "array", "items": {"type": "string"}},
                       "priority": {"type": "string",
-                                   "enum": ["low", "normal", "high", "critical"]},
+                                   "enum": list(PRIORITIES)},
                       "retries": {"type": "integer"}, "timeout_s": {"type": "integer"}}}}}},
     "Task": {"type": "object", "properties": {
         "key": {"type": "string"}, "workflow_id": {"type": "string"}, "id": {"type": "string"},
         "op": {"type": "string"}, "params": {"type": "object"},
         "depends_on": {"type": "array", "items": {"type": "string"}},
         "priority": {"type": "string"}, "status": {"type": "string", "enum": [
-            "queued", "running", "succeeded", "failed", "cancelled", "skipped"]},
+            s.value for s in TASK_STATUSES]},
         "progress": {"type": "integer"}, "message": _STR, "attempts": {"type": "integer"},
         "retries": {"type": "integer"}, "started_at": _NUM, "finished_at": _NUM,
         "duration_s": _NUM, "exit_code": {"type": "integer", "nullable": True},

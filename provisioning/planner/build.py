@@ -23,8 +23,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from provisioning.engine.model import TaskSpec, WorkflowSpec
 from provisioning.errors import UsageError, ValidationError
+from provisioning.model import TaskSpec, WorkflowSpec
 from provisioning.ops.infra import Infra, load_infra, resolve_infra
 from provisioning.ops.state import StateStore
 

@@ -17,7 +17,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from provisioning.store import records
+from provisioning.store import checks
 from provisioning.store.fileio import append_line, storage_errors
 
 log = logging.getLogger("provisioning.store")
@@ -33,7 +33,7 @@ class EventLogs:
         weakref.finalize(self, _close_all, self._fds)
 
     def path(self, workflow_id: str) -> Path:
-        return self.dir / f"{records.check_id(workflow_id, 'workflow id')}.jsonl"
+        return self.dir / f"{checks.check_id(workflow_id, 'workflow id')}.jsonl"
 
     def append(self, workflow_id: str, events: list[dict[str, Any]]) -> None:
         """JSON lines, one write(): a process crash (kill -9) loses nothing that

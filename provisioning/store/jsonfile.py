@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from provisioning import fsutil, locks
-from provisioning.engine.model import task_key
 from provisioning.errors import ProvisioningError
+from provisioning.model import first_task_records, task_key
 from provisioning.paths import DataPaths
-from provisioning.store import records
+from provisioning.store import checks
 from provisioning.store.base import Record, Store
 from provisioning.store.events import EventLogs
 from provisioning.store.fileio import (
@@ -190,9 +190,9 @@ class JsonFileStore(Store):
         new_task_files: list[tuple[Path, Record]] = []
         new_wf_files: list[tuple[Path, Record]] = []
         for workflow, new_tasks in adds:
-            wid = records.check_id(workflow.get("id"), "workflow id")
+            wid = checks.check_id(workflow.get("id"), "workflow id")
             for task in new_tasks:
-                records.check_id(task.get("id"), "task id")
+                checks.check_id(task.get("id"), "task id")
                 key = task.get("key")
                 if key != task_key(wid, task["id"]) or task.get("workflow_id") != wid:
                     raise ValueError(f"task {key!r} does not belong to workflow {wid!r}")
@@ -200,7 +200,7 @@ class JsonFileStore(Store):
             new_wf_files.append((self._workflow_file(wid), workflow))
         created = {path for path, _ in new_task_files + new_wf_files}
         task_files = [(self._task_file(self._checked_key(t)), t) for t in tasks]
-        wf_files = [(self._workflow_file(records.check_id(w.get("id"), "workflow id")), w)
+        wf_files = [(self._workflow_file(checks.check_id(w.get("id"), "workflow id")), w)
                     for w in workflows]
         unsynced = self._initial_files(initial_tasks or {})
         published: list[Path] = []
@@ -227,7 +227,7 @@ class JsonFileStore(Store):
             raise
 
     def save_workflow(self, workflow: Record) -> None:
-        wid = records.check_id(workflow.get("id"), "workflow id")
+        wid = checks.check_id(workflow.get("id"), "workflow id")
         with storage_errors(self.paths.data_dir):
             fsutil.atomic_write_json(self._workflow_file(wid), workflow)
 
@@ -238,8 +238,8 @@ class JsonFileStore(Store):
 
     @staticmethod
     def _checked_key(task: Record) -> str:
-        records.check_id(task.get("workflow_id"), "workflow id")
-        records.check_id(task.get("id"), "task id")
+        checks.check_id(task.get("workflow_id"), "workflow id")
+        checks.check_id(task.get("id"), "task id")
         key = task_key(task["workflow_id"], task["id"])
         if task.get("key") != key:
             raise ValueError(f"task key {task.get('key')!r} should be {key!r}")
@@ -268,7 +268,7 @@ class JsonFileStore(Store):
         workflows: dict[str, Record] = {}
         parsed, bad_workflow_ids = self._read_dir(self.paths.workflows_dir, move_aside)
         for path, rec in parsed:
-            problem = records.check_workflow(rec, path.name[:-5])
+            problem = checks.check_workflow(rec, path.name[:-5])
             if problem:
                 move_aside(path, problem)
                 bad_workflow_ids.add(path.name[:-5])
@@ -278,7 +278,7 @@ class JsonFileStore(Store):
         tasks: dict[str, Record] = {}
         parsed, _ = self._read_dir(self.paths.queue_dir, move_aside)
         for path, rec in parsed:
-            problem = records.check_task(rec, path.name[:-5])
+            problem = checks.check_task(rec, path.name[:-5])
             if problem:
                 move_aside(path, problem)
                 continue
@@ -303,21 +303,17 @@ class JsonFileStore(Store):
         ordered_wfs = sorted(workflows.values(),
                              key=lambda w: (_num(w.get("seq")), _num(w.get("created_at"))))
         for wf in ordered_wfs:
-            specs = {t.get("id"): t for t in wf["spec"]["tasks"] if isinstance(t, dict)}
-            rebuilt = 0
-            for index, tid in enumerate(wf["task_ids"]):
-                key = task_key(wf["id"], tid)
-                task = tasks.get(key)
-                if task is None:
-                    task = self._rebuild_task(wf, specs[tid], index)
-                    rebuilt_files.append((self._task_file(key), task))
-                    rebuilt += 1
+            missing = [tid for tid in wf["task_ids"] if task_key(wf["id"], tid) not in tasks]
+            rebuilt = {t["id"]: t for t in first_task_records(wf, missing)}
+            for tid in wf["task_ids"]:
+                task = tasks.get(task_key(wf["id"], tid)) or rebuilt[tid]
                 ordered_tasks.append(task)
+            rebuilt_files += [(self._task_file(t["key"]), t) for t in rebuilt.values()]
             if rebuilt:
                 # Normal after a crash right after a submission: its task files
                 # are written after its workflow file (engine/commit.py).
                 log.info("workflow %s: rebuilt %d task file(s) from its spec, as queued",
-                         wf["id"], rebuilt)
+                         wf["id"], len(rebuilt))
         if rebuilt_files:
             # Like the engine's first task files: atomic, not fsynced (the
             # spec rebuilds them again if need be), all at once.
@@ -351,24 +347,13 @@ class JsonFileStore(Store):
         files: list[tuple[Path, Record]] = []
         for workflow_id, task_ids in initial.items():
             try:
-                wf = fsutil.read_json(self._workflow_file(records.check_id(workflow_id,
+                wf = fsutil.read_json(self._workflow_file(checks.check_id(workflow_id,
                                                                            "workflow id")))
-                position = {tid: i for i, tid in enumerate(wf["task_ids"])}
-                specs = {t["id"]: t for t in wf["spec"]["tasks"]}
-                for tid in task_ids:
-                    task = self._rebuild_task(wf, specs[tid], position[tid])
-                    files.append((self._task_file(task["key"]), task))
+                files += [(self._task_file(t["key"]), t) for t in first_task_records(wf, task_ids)]
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("not writing the first task files of workflow %s now (%s); "
                             "they are rebuilt from its spec at the next start", workflow_id, e)
         return files
-
-    def _rebuild_task(self, wf: Record, spec: dict[str, Any], index: int) -> Record:
-        # The engine numbers a submission's tasks seq s+1..s+n and the workflow
-        # s+n+1; the same numbers keep a rebuilt task in its FIFO place.
-        seq = int(_num(wf.get("seq"))) - len(wf["task_ids"]) + index
-        return records.new_task_record(wf["id"], spec, seq=max(seq, 0),
-                                       created_at=wf.get("created_at"))
 
     @staticmethod
     def _read_dir(directory: Path, move_aside) -> tuple[list[tuple[Path, Any]], set[str]]:
@@ -453,7 +438,7 @@ class JsonFileStore(Store):
         return items
 
     def remove_incoming(self, workflow_id: str) -> None:
-        path = self.incoming_dir / f"{records.check_id(workflow_id, 'workflow id')}.json"
+        path = self.incoming_dir / f"{checks.check_id(workflow_id, 'workflow id')}.json"
         with locks.acquire(self.paths.queue_lock, timeout=INCOMING_TIMEOUT):
             try:
                 os.unlink(path)
@@ -499,13 +484,13 @@ class JsonFileStore(Store):
         return self._task_file_in(self.paths.checkpoints_dir, workflow_id, task_id, ".json")
 
     def _task_file_in(self, base: Path, workflow_id: str, task_id: str, suffix: str) -> Path:
-        d = base / records.check_id(workflow_id, "workflow id")
+        d = base / checks.check_id(workflow_id, "workflow id")
         if d not in self._made_dirs:
             with storage_errors(base):
                 fsutil.ensure_private_dir(d)
             with self._guard:
                 self._made_dirs.add(d)
-        return d / f"{records.check_id(task_id, 'task id')}{suffix}"
+        return d / f"{checks.check_id(task_id, 'task id')}{suffix}"
 
 
 def _num(value: Any) -> float:

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from provisioning import fsutil, locks
-from provisioning.engine.model import SCHEMA_VERSION
+from provisioning.model import SCHEMA_VERSION
 from provisioning.store.fileio import storage_errors
 
 if TYPE_CHECKING:
-    from provisioning.engine.model import WorkflowSpec
+    from provisioning.model import WorkflowSpec
     from provisioning.paths import DataPaths
 
 SUBMIT_TIMEOUT = 30.0  # s a submitter waits for the queue lock

@@ -1,23 +1,17 @@
-"""Record checks and constructors shared by the stores (formats: store/base.py).
+"""Checks of what a store reads back and names files after (formats: store/base.py).
 
 `check_workflow` / `check_task` say why a record read from disk cannot be
-trusted (then it is quarantined); `new_task_record` builds the queued record
-of one task of a spec (used to rebuild task files lost to a crash, and free
-for the engine to use when it submits).
+trusted (then it is quarantined); `check_id` refuses ids unusable as file
+names. New records are built by provisioning.model, never here.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from provisioning.engine.model import SCHEMA_VERSION, TaskStatus, WorkflowStatus, task_key
 from provisioning.errors import ValidationError
+from provisioning.model import SCHEMA_VERSION, TASK_STATUSES, WORKFLOW_STATUSES, task_key
 
-Record = dict[str, Any]
-
-_TASK_STATUSES = frozenset(s.value for s in TaskStatus)
-_WORKFLOW_STATUSES = frozenset(s.value for s in WorkflowStatus)
 MAX_NAME = 200  # file names are <workflow_id>.<task_id>.json: keep under NAME_MAX (255)
 
 
@@ -47,7 +41,7 @@ def check_workflow(rec: Any, file_stem: str) -> str | None:
         return problem
     if rec.get("id") != file_stem:
         return f"id {rec.get('id')!r} does not match the file name"
-    if rec.get("status") not in _WORKFLOW_STATUSES:
+    if rec.get("status") not in WORKFLOW_STATUSES:
         return f"unknown status {rec.get('status')!r}"
     task_ids = rec.get("task_ids")
     if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
@@ -72,40 +66,6 @@ def check_task(rec: Any, file_stem: str) -> str | None:
         return "workflow_id or id missing"
     if rec.get("key") != file_stem or task_key(wid, tid) != file_stem:
         return f"key {rec.get('key')!r} does not match the file name"
-    if rec.get("status") not in _TASK_STATUSES:
+    if rec.get("status") not in TASK_STATUSES:
         return f"unknown status {rec.get('status')!r}"
     return None
-
-
-def new_task_record(workflow_id: str, task_spec: dict[str, Any], *, seq: int,
-                    created_at: float | None = None) -> Record:
-    """The queued record of one task of a spec (``TaskSpec.to_dict()`` shape)."""
-    now = time.time()
-    return {
-        "schema": SCHEMA_VERSION, "kind": "task",
-        "key": task_key(workflow_id, task_spec["id"]), "workflow_id": workflow_id,
-        "id": task_spec["id"], "op": task_spec.get("op"),
-        "params": task_spec.get("params") or {},
-        "depends_on": list(task_spec.get("depends_on") or []),
-        "priority": task_spec.get("priority", "normal"),
-        "retries": task_spec.get("retries", 0), "timeout_s": task_spec.get("timeout_s"),
-        "seq": seq, "status": TaskStatus.QUEUED.value, "attempts": 0, "attempt_base": 0,
-        "progress": 0,
-        "message": None, "result": None, "error": None, "exit_code": None, "signal": None,
-        "created_at": created_at if created_at is not None else now,
-        "started_at": None, "finished_at": None, "updated_at": now,
-        "lease": None, "history": [], "retry_at": None,
-    }
-
-
-def new_workflow_record(workflow_id: str, spec: dict[str, Any], *, seq: int,
-                        created_at: float | None = None) -> Record:
-    """The queued record of a workflow (``WorkflowSpec.to_dict()`` shape for ``spec``)."""
-    head = spec.get("workflow") or {}
-    return {
-        "schema": SCHEMA_VERSION, "kind": "workflow", "id": workflow_id,
-        "name": head.get("name"), "status": WorkflowStatus.QUEUED.value,
-        "created_at": created_at if created_at is not None else time.time(),
-        "started_at": None, "finished_at": None, "max_parallel": head.get("max_parallel"),
-        "task_ids": [t["id"] for t in spec.get("tasks", [])], "spec": spec, "seq": seq,
-    }
