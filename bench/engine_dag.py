@@ -41,8 +41,6 @@ class NullStore(Store):
     def save_workflow(self, workflow): pass
     def save_task(self, task): pass
     def load(self): return [], []
-    def take_incoming(self): return []
-    def remove_incoming(self, workflow_id): pass
     def append_event(self, workflow_id, event): pass
     def load_events(self, workflow_id): return []
     def task_log_path(self, workflow_id, task_id): return self.root / "x.log"

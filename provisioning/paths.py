@@ -122,10 +122,6 @@ class DataPaths:
         return self.data_dir / "checkpoints"
 
     @property
-    def incoming_dir(self) -> Path:  # submissions by other processes (store.offline)
-        return self.data_dir / "incoming"
-
-    @property
     def quarantine_dir(self) -> Path:  # corrupt or foreign queue files
         return self.data_dir / "quarantine"
 
@@ -148,10 +144,6 @@ class DataPaths:
     @property
     def spawn_lock(self) -> Path:  # held by a CLI while it auto-starts the daemon
         return self.data_dir / "spawn.lock"
-
-    @property
-    def queue_lock(self) -> Path:  # serializes queue writers across processes
-        return self.data_dir / "queue.lock"
 
     @property
     def daemon_log(self) -> Path:

@@ -277,29 +277,10 @@ SUBMITTER = textwrap.dedent("""
     print(json.dumps(ids))
 """)
 
-OFFLINE = textwrap.dedent("""
-    import json, sys
-    from pathlib import Path
-    from provisioning.model import TaskSpec, WorkflowSpec
-    from provisioning.paths import DataPaths
-    from provisioning.store.offline import submit_offline
-    data_dir, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    ids = [submit_offline(DataPaths(Path(data_dir)), WorkflowSpec(
-               name=f"{who}-{i}", tasks=(TaskSpec(id="t", op="noop"),)))
-           for i in range(count)]
-    print(json.dumps(ids))
-""")
-
-
 @pytest.mark.slow
-def test_concurrent_http_and_offline_submissions_each_land_exactly_once(tmp_path: Path):
-    data = Path(os.environ["PROVISIONING_STORAGE_DATA_DIR"])
+def test_concurrent_http_submissions_each_land_exactly_once(tmp_path: Path):
     cfg = {"executor": {"max_concurrent_tasks": 1, "shutdown_grace_seconds": 1,
                         "kill_grace_seconds": 1}}
-    # 5 processes write to the queue directly while the daemon is down...
-    offline = [subprocess.Popen([sys.executable, "-c", OFFLINE, str(data), f"off{n}", "20"],
-                                stdout=subprocess.PIPE, text=True) for n in range(5)]
-    # ...and the daemon starts while they are still at it
     d = start_daemon(tmp_path, **cfg)
     status, blocker = d.request("POST", "/workflows", blocker_workflow(120))
     assert status == 202
@@ -307,14 +288,14 @@ def test_concurrent_http_and_offline_submissions_each_land_exactly_once(tmp_path
                                     f"http{n}", "50"], stdout=subprocess.PIPE, text=True)
                   for n in range(20)]
     expected: dict[str, str] = {blocker["workflow_id"]: "blocker"}
-    for who, procs, count in (("off", offline, 20), ("http", http_procs, 50)):
+    for who, procs, count in (("http", http_procs, 50),):
         for n, p in enumerate(procs):
             out, _ = p.communicate(timeout=300)
             assert p.returncode == 0
             ids = json.loads(out)
             assert len(ids) == count
             expected.update({wid: f"{who}{n}-{i}" for i, wid in enumerate(ids)})
-    assert len(expected) == 1 + 5 * 20 + 20 * 50
+    assert len(expected) == 1 + 20 * 50
 
     def all_present():
         status, body = d.request("GET", "/workflows")

@@ -1,5 +1,5 @@
 """The engine with real task processes: DAG order, parallelism, priority,
-failure/skip/retry, cancel, timeouts, progress, events, offline submissions."""
+failure/skip/retry, cancel, timeouts, progress, events."""
 
 from __future__ import annotations
 
@@ -306,24 +306,6 @@ def test_submit_checks_ops_and_stop_accepting(tmp_path, lib, engines):
     e.stop_accepting()
     with pytest.raises(ServiceUnavailable):
         e.submit(spec_of(e, {"id": "a", "op": "noop"}))
-
-
-def test_offline_submissions_are_ingested_once(tmp_path, lib, engines):
-    store = MemoryStore(tmp_path / "files")
-    engines.append(e := make_engine(tmp_path, lib, store=store))
-    wid = str(uuid.uuid4())
-    spec = spec_of(e, {"id": "a", "op": "noop"}).to_dict()
-    store.incoming.append({"workflow_id": wid, "spec": spec, "submitted_at": 123.0})
-    store.incoming.append({"workflow_id": "../evil", "spec": spec, "submitted_at": 1})
-    final = wait_for(lambda: wid in store.workflows and e.wait(wid, timeout=30), timeout=30,
-                     what="offline submission to run")
-    assert final["status"] == "succeeded" and final["created_at"] == 123.0
-    wait_for(lambda: all(i["workflow_id"] != wid for i in store.incoming), timeout=10,
-             what="incoming removed")
-    store.incoming.append({"workflow_id": wid, "spec": spec, "submitted_at": 1})  # a repeat
-    wait_for(lambda: all(i["workflow_id"] != wid for i in store.incoming), timeout=10,
-             what="repeat removed")
-    assert len(e.list_workflows()) == 1 and count_tasks(store) == 1
 
 
 def count_tasks(store: MemoryStore) -> int:

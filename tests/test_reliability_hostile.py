@@ -64,7 +64,7 @@ def check_loader(data) -> None:
         assert e.message and "Traceback" not in e.message
         return
     assert isinstance(spec, WorkflowSpec)
-    # whatever it accepts round-trips (API payloads, offline submissions)
+    # whatever it accepts round-trips (API payloads)
     assert parse_workflow(spec.to_dict(), source="again", registry=None) == spec
 
 

@@ -14,7 +14,6 @@ import os
 import uuid
 from pathlib import Path
 
-from tests.conftest import wait_for
 from tests.daemon_fixture import start_daemon
 
 CFG = {"executor": {"shutdown_grace_seconds": 2, "kill_grace_seconds": 1}}
@@ -29,7 +28,7 @@ def plant(data: Path, good_id: str) -> dict[str, bytes]:
     """Write the bad files; returns {relative path: bytes}."""
     good_wf = (data / "workflows" / f"{good_id}.json").read_bytes()
     good_task = (data / "queue" / f"{good_id}.a.json").read_bytes()
-    ids = [str(uuid.uuid4()) for _ in range(12)]
+    ids = [str(uuid.uuid4()) for _ in range(11)]
     task_of = json.loads(good_task)
     task_of.update(workflow_id=ids[6], key=f"{ids[6]}.a")
     bad = {
@@ -44,7 +43,6 @@ def plant(data: Path, good_id: str) -> dict[str, bytes]:
         f"queue/{ids[9]}.a.json": json.dumps({"schema": 99, "kind": "task"}).encode(),
         f"queue/.{ids[10]}.a.json.k3.tmp": b'{"schema": 1, "ki',
         "queue/notes.txt": b"someone's notes\n",
-        f"incoming/{ids[11]}.json": b'{"schema": 1, "kind": "incoming", "workflow_id"',
     }
     for rel, content in bad.items():
         path = data / rel
@@ -92,8 +90,7 @@ def test_garbage_and_truncated_files_are_quarantined_and_the_daemon_serves(tmp_p
     # ... and reported: the log names each quarantined file
     log = (data / "orchestrator.log").read_text()
     for rel in bad:
-        if not rel.startswith("incoming/"):  # incoming/ is read by the scheduler's timer
-            assert Path(rel).name in log, f"{rel} not reported in the log"
+        assert Path(rel).name in log, f"{rel} not reported in the log"
     assert "orphan task file" in log
     assert "Traceback" not in log
     # ... and counted by /health, so an operator sees it without reading the log
@@ -107,26 +104,3 @@ def test_garbage_and_truncated_files_are_quarantined_and_the_daemon_serves(tmp_p
     status, ev2 = d2.request("GET", f"/workflows/{good_id}/events")
     assert status == 200 and ev2["events"] == ev["events"]
     d2.stop()
-
-
-def test_incoming_garbage_is_quarantined_while_the_daemon_runs(tmp_path: Path):
-    d = start_daemon(tmp_path, **CFG)
-    incoming = d.data_dir / "incoming"
-    incoming.mkdir(exist_ok=True)
-    contents = [b"\x00\x00\x00", b'{"schema": 1, "kind": "incoming", "workflow_id": 5}',
-                b'{"schema": 1, "kind": "incoming", "workflow_id": "x",']
-    bad = {f"{uuid.uuid4()}.json": content for content in contents}
-    for name, content in bad.items():
-        (incoming / name).write_bytes(content)
-
-    def drained():
-        return not any(p.name in bad for p in incoming.iterdir())
-
-    wait_for(drained, timeout=30, what="the scheduler to take the incoming files")
-    kept = [p.read_bytes() for p in (d.data_dir / "quarantine").iterdir()]
-    assert bad[next(iter(bad))] in kept
-    assert d.health()["status"] == "healthy"
-    status, listing = d.request("GET", "/workflows")
-    assert status == 200 and listing["workflows"] == []
-    d.stop()
-    assert "Traceback" not in (d.data_dir / "orchestrator.log").read_text()

@@ -21,7 +21,6 @@ from provisioning.paths import DataPaths
 from provisioning.store import fscheck
 from provisioning.store.jsonfile import JsonFileStore
 from provisioning.store.memory import MemoryStore
-from provisioning.store.offline import incoming_dir, submit_offline
 
 SPEC = WorkflowSpec(name="deploy", tasks=(
     TaskSpec(id="web-1", op="noop", params={"server": "web-1"}, priority="high"),
@@ -40,19 +39,12 @@ def paths(tmp_path: Path) -> DataPaths:
 
 @pytest.fixture(params=["memory", "jsonfile"])
 def store_kit(request, paths: DataPaths, tmp_path: Path):
-    """(store, drop_incoming(spec) -> id, reopen() -> a store over the same data)."""
+    """(store, None, reopen() -> a store over the same data)."""
     if request.param == "memory":
         store = MemoryStore(tmp_path / "files")
-
-        def drop(spec: WorkflowSpec) -> str:
-            wid = str(uuid.uuid4())
-            store.incoming.append({"workflow_id": wid, "spec": spec.to_dict(),
-                                   "submitted_at": 0.0})
-            return wid
-
-        return store, drop, lambda: store
+        return store, None, lambda: store
     store = JsonFileStore(paths)
-    return store, lambda spec: submit_offline(paths, spec), lambda: JsonFileStore(paths)
+    return store, None, lambda: JsonFileStore(paths)
 
 
 # -- the shared contract --------------------------------------------------------
@@ -116,22 +108,6 @@ def test_events_append_and_load_in_order(store_kit):
     assert store.load_events(str(uuid.uuid4())) == []
 
 
-def test_incoming_stays_until_removed(store_kit):
-    store, drop, _ = store_kit
-    assert store.take_incoming() == []
-    first, second = drop(SPEC), drop(SPEC)
-    items = store.take_incoming()
-    assert sorted(i["workflow_id"] for i in items) == sorted([first, second])
-    assert all(i["spec"] == SPEC.to_dict() for i in items)
-    # Not consumed by taking: a crash before remove_incoming must not lose it.
-    assert len(store.take_incoming()) == 2
-    store.remove_incoming(first)
-    assert [i["workflow_id"] for i in store.take_incoming()] == [second]
-    store.remove_incoming(second)
-    store.remove_incoming(second)  # idempotent
-    assert store.take_incoming() == []
-
-
 def test_task_file_paths_have_existing_parents(store_kit):
     store, _, _ = store_kit
     wid = str(uuid.uuid4())
@@ -154,7 +130,6 @@ def test_files_are_private_and_no_temp_files_remain(paths: DataPaths):
     store.add_workflow(wf, tasks)
     store.save_task(dict(tasks[0], status="running"))
     store.append_event(wf["id"], {"seq": 1})
-    submit_offline(paths, SPEC)
     store.task_log_path(wf["id"], "web-1")
     files = [p for p in paths.data_dir.rglob("*") if p.is_file()]
     dirs = [paths.data_dir, *(p for p in paths.data_dir.rglob("*") if p.is_dir())]
@@ -281,20 +256,6 @@ def test_torn_last_event_line_is_ignored_and_the_next_append_is_whole(paths: Dat
     assert [e["seq"] for e in fresh.load_events(wid)] == [1, 2, 3, 4]
 
 
-def test_bad_incoming_files_are_quarantined(paths: DataPaths):
-    store = JsonFileStore(paths)
-    good = submit_offline(paths, SPEC)
-    inc = incoming_dir(paths)
-    (inc / "junk.json").write_bytes(b"\xff\xfe")
-    (inc / f"{uuid.uuid4()}.json").write_text(json.dumps({"schema": 1, "kind": "task"}))
-    (inc / f".{uuid.uuid4()}.json.x1.tmp").write_text("{")
-    items = store.take_incoming()
-    assert [i["workflow_id"] for i in items] == [good]
-    assert set(items[0]) >= {"workflow_id", "spec", "submitted_at"}
-    assert len(list(paths.quarantine_dir.iterdir())) == 3
-    assert [p.name for p in inc.iterdir()] == [f"{good}.json"]
-
-
 def test_add_workflows_commits_a_batch(paths: DataPaths):
     store = JsonFileStore(paths)
     batch = [make(seq=n) for n in range(1, 11)]  # 30 files: the parallel fsync path
@@ -368,8 +329,8 @@ def test_disk_full_raises_storage_full_and_corrupts_nothing(tiny_fs: Path):
     events = store.load_events(wid)
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert (paths.events_dir / f"{wid}.jsonl").read_bytes().endswith(b"\n") or not events
-    with pytest.raises(StorageFull):
-        submit_offline(paths, big)
+    with pytest.raises(StorageFull):  # a new submission is still refused
+        store.add_workflow(*make(big, seq=1000))
     assert not [p for p in paths.data_dir.rglob("*") if p.name.endswith(".tmp")]
 
 

@@ -1,11 +1,8 @@
 """JsonFileStore under real concurrency: a writer killed with SIGKILL mid-way,
-processes submitting offline at once, threads writing at once, and the
-cross-process queue lock."""
+threads writing at once, and the lock objects it uses."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import signal
 import subprocess
@@ -20,7 +17,6 @@ import pytest
 from provisioning import locks
 from provisioning.model import TaskSpec, WorkflowSpec, new_submission
 from provisioning.paths import DataPaths
-from provisioning.store import offline
 from provisioning.store.jsonfile import JsonFileStore
 
 PYTHON = sys.executable
@@ -43,29 +39,6 @@ for seq in range(1, 100_000):
     store.append_event(wid, {"seq": 1, "type": "task", "task": "a", "status": "running"})
     print(wid, flush=True)
 """
-
-SUBMITTER = r"""
-import sys
-from pathlib import Path
-from provisioning.model import TaskSpec, WorkflowSpec
-from provisioning.paths import DataPaths
-from provisioning.store.offline import submit_offline
-
-paths = DataPaths(Path(sys.argv[1]))
-spec = WorkflowSpec(name="offline", tasks=(TaskSpec(id="t", op="noop"),))
-sys.stdin.readline()  # start together
-for _ in range(int(sys.argv[2])):
-    print(submit_offline(paths, spec), flush=True)
-"""
-
-HOLDER = r"""
-import sys
-from provisioning import locks
-with locks.acquire(sys.argv[1], timeout=10):
-    print("locked", flush=True)
-    sys.stdin.readline()
-"""
-
 
 def child_env() -> dict[str, str]:
     return dict(os.environ)
@@ -113,40 +86,6 @@ def test_sigkill_of_a_writer_loses_no_acknowledged_record(paths: DataPaths):
     assert not [p for p in paths.data_dir.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_five_processes_submitting_offline_each_appear_once(paths: DataPaths):
-    store = JsonFileStore(paths)  # the daemon side, reading while they write
-    per_process = 30
-    procs = [subprocess.Popen([PYTHON, "-c", SUBMITTER, str(paths.data_dir), str(per_process)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=child_env()) for _ in range(5)]
-    submitted: list[str] = []
-    seen_while_running: set[str] = set()
-    try:
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        while any(p.poll() is None for p in procs):
-            seen_while_running.update(i["workflow_id"] for i in store.take_incoming())
-        for p in procs:
-            out, _ = p.communicate(timeout=60)
-            assert p.returncode == 0
-            submitted += out.split()
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert len(submitted) == 5 * per_process == len(set(submitted))
-    items = store.take_incoming()
-    ids = [i["workflow_id"] for i in items]
-    assert sorted(ids) == sorted(submitted)
-    assert seen_while_running <= set(submitted)
-    assert not list(paths.quarantine_dir.iterdir())  # no writer's temp file taken for debris
-    for wid in ids:
-        store.remove_incoming(wid)
-    assert store.take_incoming() == []
-
-
 def test_threads_adding_workflows_at_once(paths: DataPaths):
     store = JsonFileStore(paths)
     spec = WorkflowSpec(name="t", tasks=(TaskSpec(id="t", op="noop"),))
@@ -174,36 +113,9 @@ def test_lock_objects_are_flock_and_cached(paths: DataPaths):
     import filelock
 
     paths.data_dir.mkdir(parents=True)
-    lock = locks.file_lock(paths.queue_lock)
-    assert lock is locks.file_lock(str(paths.queue_lock))
+    lock = locks.file_lock(paths.daemon_lock)
+    assert lock is locks.file_lock(str(paths.daemon_lock))
     assert isinstance(lock, filelock.FileLock)
     assert not isinstance(lock, filelock.SoftFileLock)
     if locks._accepts_fallback_to_soft(filelock.FileLock):
         assert lock.fallback_to_soft is False
-
-
-def test_a_held_queue_lock_times_out_cleanly(paths: DataPaths, monkeypatch, caplog):
-    store = JsonFileStore(paths)
-    offline.submit_offline(paths, WorkflowSpec(name="x", tasks=(TaskSpec(id="t", op="noop"),)))
-    holder = subprocess.Popen([PYTHON, "-c", HOLDER, str(paths.queue_lock)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=child_env())
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(offline, "SUBMIT_TIMEOUT", 0.2)
-        with pytest.raises(locks.LockBusy) as err:
-            offline.submit_offline(paths, WorkflowSpec(name="y", tasks=()))
-        assert "another process holds it" in str(err.value)
-        monkeypatch.setattr("provisioning.store.jsonfile.INCOMING_TIMEOUT", 0.2)
-        with caplog.at_level(logging.WARNING, logger="provisioning.store"):
-            assert store.take_incoming() == []  # busy: try on the next tick
-        assert any("not read this time" in r.getMessage() for r in caplog.records)
-    finally:
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(timeout=30)
-        holder.stdout.close()
-    assert len(store.take_incoming()) == 1
-    assert len(list(offline.incoming_dir(paths).iterdir())) == 1  # the refused one left nothing
-    assert json.loads(next(offline.incoming_dir(paths).iterdir()).read_text())["spec"][
-        "workflow"]["name"] == "x"

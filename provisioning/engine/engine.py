@@ -8,7 +8,7 @@ Threads: one scheduler thread and one thread per running task (executor;
 reused for the next task, workers.py). All state lives behind one lock; the
 scheduler sleeps on a Condition and wakes for submissions, task exits,
 cancels and retries, or at a deadline (retry backoff, progress checkpoint,
-pid records, the ~2 s look for offline submissions).
+pid records).
 
 Every transition is handed to the group committer (commit.py) under the
 lock and written outside it; what must be durable before something happens
@@ -86,7 +86,6 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
         self._stopping = False
         self._started = False
         self._thread: threading.Thread | None = None
-        self._next_incoming = 0.0
         self._base_env: dict[str, str] | None = None  # clean_env({}), once per start
         self._want_zygote = python_zygote  # the daemon's; direct mode: README "Decisions"
         self.zygote: Zygote | None = None  # forks Python ops (zygote.py), once started

@@ -70,13 +70,6 @@ class FlowIndex:
         self._event(flow, "workflow", None, "queued", message=f"{len(task_recs)} tasks")
         return flow
 
-    def _add_workflow(self, workflow_id: str, spec: WorkflowSpec, now: float) -> _Flow:
-        """Add and publish in one go, waiting for the disk with the lock held
-        (offline submissions only; submit() waits outside the lock)."""
-        wrec, task_recs = self._new_records(workflow_id, spec, now)
-        self._writer.add_workflow(wrec, task_recs)
-        return self._publish_flow(wrec, task_recs)
-
     def _restore_flow(self, wrec: dict[str, Any], task_recs: list[dict[str, Any]]) -> None:
         by_id = {t["id"]: t for t in task_recs}
         if any(tid not in by_id for tid in wrec.get("task_ids", [])):

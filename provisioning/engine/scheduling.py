@@ -3,7 +3,7 @@
 A mixin of Engine (engine.py); every method runs with the engine lock held.
 The scheduler thread sleeps on a Condition and wakes for submissions,
 cancels and retries, or at a deadline (retry backoff, progress checkpoint,
-pid records, the ~2 s look for offline submissions). A task that ends starts
+pid records). A task that ends starts
 the next ready ones itself (transitions.py), without waking it.
 """
 
@@ -16,7 +16,6 @@ import secrets
 import time
 from typing import Any
 
-from provisioning import model
 from provisioning.engine.commit import DONE, Ticket
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.flows import _Flow, _Running
@@ -25,11 +24,13 @@ from provisioning.errors import ValidationError
 
 log = logging.getLogger("provisioning.engine")
 
-INCOMING_INTERVAL = 2.0  # seconds between looks for submissions dropped by other processes
+# With no deadline at all the scheduler sleeps until notified, but looks at least
+# this often (s): a notify missed by a bug costs a minute, not a hung workflow.
+IDLE_WAKE = 60.0
 
 
 class Scheduling:
-    """Mixin of Engine: the scheduler thread, claims, spawns, offline intake."""
+    """Mixin of Engine: the scheduler thread, claims, spawns."""
 
     def _scheduler(self) -> None:
         with self._lock:
@@ -52,14 +53,11 @@ class Scheduling:
                 task["retry_at"] = None
                 if flow.waiting.get(task["id"], 0) == 0:
                     self._push_ready(flow, task)
-        if now >= self._next_incoming and not self._draining:
-            self._next_incoming = now + INCOMING_INTERVAL
-            self._ingest_incoming()
         self._flush_progress()
         if not self._draining:
             self._start_ready()
         pid_deadline = self._flush_pids()  # after the claims: it covers theirs
-        deadlines = [self._next_incoming]
+        deadlines = [now + IDLE_WAKE]
         if pid_deadline is not None:
             deadlines.append(pid_deadline)
         if self._backoff:
@@ -159,35 +157,6 @@ class Scheduling:
                           gate=gate)
         self._threads.run(lambda: self._run_task(key, handle))
         return handle
-
-    # -- offline submissions -----------------------------------------------
-
-    def _ingest_incoming(self) -> None:
-        from provisioning.engine.loader import parse_workflow
-
-        try:
-            items = self.store.take_incoming()
-        except Exception:
-            log.exception("cannot read offline submissions")
-            return
-        for item in items:
-            workflow_id = item.get("workflow_id") if isinstance(item, dict) else None
-            if not model.valid_workflow_id(workflow_id):
-                log.warning("ignoring an offline submission with an invalid id: %r",
-                            workflow_id)
-                continue
-            if workflow_id not in self._flows:
-                try:
-                    spec = parse_workflow(item.get("spec"), source=f"submission {workflow_id}",
-                                          registry=self.registry)
-                except ValidationError as e:
-                    log.warning("dropping offline submission %s: %s", workflow_id, e)
-                else:
-                    submitted = item.get("submitted_at")
-                    self._add_workflow(workflow_id, spec, submitted if isinstance(
-                        submitted, (int, float)) else time.time())
-            self.store.remove_incoming(workflow_id)
-
 
 def _valid_shell_run(params: dict[str, Any]) -> bool:
     argv, cwd, env = params.get("argv"), params.get("cwd"), params.get("env")

@@ -42,17 +42,6 @@ class Store(abc.ABC):
         files are moved aside (quarantine) and logged, never raised."""
 
     @abc.abstractmethod
-    def take_incoming(self) -> list[dict[str, Any]]:
-        """Workflow submissions dropped by other processes (see
-        store.offline.submit_offline): dicts {"workflow_id", "spec",
-        "submitted_at"}. They stay until remove_incoming(): the engine ingests
-        first (add_workflow), then removes, and skips ids it already knows, so
-        a crash in between neither loses nor duplicates a submission."""
-
-    @abc.abstractmethod
-    def remove_incoming(self, workflow_id: str) -> None: ...
-
-    @abc.abstractmethod
     def append_event(self, workflow_id: str, event: dict[str, Any]) -> None: ...
 
     @abc.abstractmethod

@@ -7,16 +7,13 @@ Layout under the data dir (see provisioning.paths.DataPaths, docs/store.md):
   events/<workflow_id>.jsonl             append-only event log
   logs/<workflow_id>/<task_id>.log       captured task output
   checkpoints/<workflow_id>/<task_id>.json
-  incoming/<workflow_id>.json            submissions of other processes (store.offline)
   quarantine/                            corrupt or foreign files, moved aside
   spare/                                 inodes of replaced records, recycled as temp
                                          files (fileio.Spares); never read
 
 Every record write is temp file, fsync, rename, directory fsync
-(provisioning.fsutil). The daemon is the only writer of queue/ and
-workflows/ (it holds the data dir's singleton lock), so record writes take no
-file lock; incoming/ is shared with other processes and guarded by
-``DataPaths.queue_lock``.
+(provisioning.fsutil). The daemon is the only writer of the data dir (it
+holds the data dir's singleton lock), so record writes take no file lock.
 
 Thread safety: methods may be called from several threads at once as long as
 no two calls write the same record (the engine serializes per record).
@@ -31,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from provisioning import fsutil, locks
+from provisioning import fsutil
 from provisioning.errors import ProvisioningError
 from provisioning.model import first_task_records, task_key
 from provisioning.paths import DataPaths
@@ -45,7 +42,6 @@ from provisioning.store.fileio import (
     replace_many,
     storage_errors,
 )
-from provisioning.store.offline import INCOMING_TIMEOUT, check_incoming, incoming_dir
 from provisioning.store.writer import WriterDied, WriterProcess, wait_for_old_writer
 
 log = logging.getLogger("provisioning.store")
@@ -60,12 +56,11 @@ class JsonFileStore(Store):
         self._use_writer_process = writer_process
         self._writer: WriterProcess | None = None
         self._event_write_failed = False
-        self.incoming_dir = incoming_dir(data_paths)
         with storage_errors(data_paths.data_dir):
             fsutil.ensure_private_dir(data_paths.data_dir)
             for d in (data_paths.queue_dir, data_paths.workflows_dir, data_paths.events_dir,
                       data_paths.logs_dir, data_paths.checkpoints_dir,
-                      data_paths.quarantine_dir, self.incoming_dir):
+                      data_paths.quarantine_dir):
                 fsutil.ensure_private_dir(d)
         # Recycled inodes of replaced records (fileio.Spares): data/spare/ is on the
         # same filesystem as queue/ and workflows/ (renames move them there).
@@ -383,68 +378,6 @@ class JsonFileStore(Store):
                 continue
             out.append((path, rec))
         return out, unparseable
-
-    # -- submissions from other processes -----------------------------------
-
-    def take_incoming(self) -> list[dict[str, Any]]:
-        """Pending offline submissions, oldest first, without deleting them.
-
-        incoming/ is normally empty: that case costs one scandir and no lock.
-        Otherwise the queue lock is taken (a busy lock means: try again on the
-        next timer tick, [] now) so no half-written temp file is mistaken for
-        a leftover of a crash.
-        """
-        try:
-            with os.scandir(self.incoming_dir) as it:
-                if next(it, None) is None:
-                    return []
-        except FileNotFoundError:
-            return []
-        try:
-            with locks.acquire(self.paths.queue_lock, timeout=INCOMING_TIMEOUT):
-                return self._take_incoming_locked()
-        except locks.LockBusy as e:
-            log.warning("incoming submissions not read this time: %s", e)
-            return []
-
-    def _take_incoming_locked(self) -> list[dict[str, Any]]:
-        touched = False
-        items = []
-        for entry in list(os.scandir(self.incoming_dir)):
-            path = Path(entry.path)
-            problem = None
-            item = None
-            if is_temp_name(entry.name):
-                problem = "leftover temp file of an interrupted submission"
-            elif not entry.name.endswith(".json") or not entry.is_file(follow_symlinks=False):
-                problem = "not a submission file"
-            else:
-                try:
-                    with open(path, "rb") as f:
-                        item = json.loads(f.read())
-                except (OSError, ValueError) as e:
-                    problem = f"unreadable: {e}"
-                else:
-                    problem = check_incoming(item, entry.name[:-5])
-            if problem:
-                if quarantine(path, self.paths.quarantine_dir, problem) is not None:
-                    touched = True
-                continue
-            items.append(item)
-        if touched:
-            fsutil.fsync_dir(self.incoming_dir)
-            fsutil.fsync_dir(self.paths.quarantine_dir)
-        items.sort(key=lambda i: (_num(i.get("submitted_at")), i["workflow_id"]))
-        return items
-
-    def remove_incoming(self, workflow_id: str) -> None:
-        path = self.incoming_dir / f"{checks.check_id(workflow_id, 'workflow id')}.json"
-        with locks.acquire(self.paths.queue_lock, timeout=INCOMING_TIMEOUT):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                return
-            fsutil.fsync_dir(self.incoming_dir)
 
     # -- events --------------------------------------------------------------
 

@@ -27,7 +27,6 @@ class MemoryStore(Store):
         self.workflows: dict[str, Record] = {}
         self.tasks: dict[str, Record] = {}
         self.events: dict[str, list[dict[str, Any]]] = {}
-        self.incoming: list[dict[str, Any]] = []
         self._made_dirs: set[Path] = set()  # mkdir once per workflow, not per task
 
     def add_workflow(self, workflow: Record, tasks: list[Record]) -> None:
@@ -44,12 +43,6 @@ class MemoryStore(Store):
     def load(self) -> tuple[list[Record], list[Record]]:
         return ([_copy(w) for w in self.workflows.values()],
                 [_copy(t) for t in self.tasks.values()])
-
-    def take_incoming(self) -> list[dict[str, Any]]:
-        return list(self.incoming)
-
-    def remove_incoming(self, workflow_id: str) -> None:
-        self.incoming = [i for i in self.incoming if i["workflow_id"] != workflow_id]
 
     def append_event(self, workflow_id: str, event: dict[str, Any]) -> None:
         self.events.setdefault(workflow_id, []).append(dict(event))
