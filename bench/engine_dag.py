@@ -37,14 +37,18 @@ class NullStore(Store):
     def __init__(self, root: Path):
         self.root = root
 
+    def commit_batch(self, **batch): pass
     def add_workflow(self, workflow, tasks): pass
     def save_workflow(self, workflow): pass
     def save_task(self, task): pass
-    def load(self): return [], []
     def append_event(self, workflow_id, event): pass
+    def load(self): return [], []
     def load_events(self, workflow_id): return []
+    def quarantined_count(self): return 0
     def task_log_path(self, workflow_id, task_id): return self.root / "x.log"
     def checkpoint_path(self, workflow_id, task_id): return self.root / "x.json"
+    writer_pid = None
+    def close(self): pass
 
 
 class InstantEngine(Engine):

@@ -4,7 +4,7 @@ Measures what the daemon's submit path costs in the store alone:
   1. add_workflow of single-task workflows, one thread: latency p50/p99, rate;
   2. the same from N threads at once (an HTTP server with N clients, if the
      engine lets submissions write in parallel);
-  3. add_workflows group commit of B workflows per call (an engine that batches
+  3. commit_batch(adds=...): a group commit of B workflows per call (an engine that batches
      submissions arriving together): rate;
   4. load() of the resulting queue (recovery at start), and of 10,000 tasks.
 Target (issue 3): >= 500 durable submissions/s on a 2-core machine, load of
@@ -90,7 +90,7 @@ def bench_batch(store: JsonFileStore, n: int, batch: int) -> dict:
     groups = [[one_submission() for _ in range(batch)] for _ in range(n // batch)]
     t0 = time.perf_counter()
     for g in groups:
-        store.add_workflows(g)
+        store.commit_batch(adds=g)
     total = time.perf_counter() - t0
     return {"n": batch * len(groups), "batch": batch, "per_s": batch * len(groups) / total}
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         big = DataPaths(base / "big")
         big_store = JsonFileStore(big)
         for _ in range(100):  # 100 groups of 10 workflows x 10 tasks = 10,000 tasks
-            big_store.add_workflows([one_submission(10) for _ in range(10)])
+            big_store.commit_batch(adds=[one_submission(10) for _ in range(10)])
         res["load_10k_tasks"] = bench_load(big)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"add_workflow, 1 thread       : {s['per_s']:8.0f}/s  p50 {s['p50_ms']:.2f} ms  "
               f"p99 {s['p99_ms']:.2f} ms  (n={s['n']})")
         print(f"add_workflow, {th['threads']} threads      : {th['per_s']:8.0f}/s  (n={th['n']})")
-        print(f"add_workflows, batch of {b['batch']:<3}  : {b['per_s']:8.0f}/s  (n={b['n']})")
+        print(f"commit_batch(adds), batch of {b['batch']:<3}  : {b['per_s']:8.0f}/s  (n={b['n']})")
         for k in ("load_all", "load_10k_tasks"):
             r = res[k]
             print(f"load() {r['workflows']:6d} workflows {r['tasks']:6d} tasks: {r['s']:.3f} s")

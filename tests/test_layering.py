@@ -85,8 +85,6 @@ PENDING_ARCH_CORE: set[tuple[str, str]] = {
     ("provisioning.engine.commit", "provisioning.store.base"),
     ("provisioning.engine.engine", "provisioning.store.base"),
     ("provisioning.engine.recovery", "provisioning.store.base"),
-    ("provisioning.store.jsonfile", "provisioning.store.writer"),
-    ("provisioning.store.writer", "provisioning.store.jsonfile"),
 }
 
 PACKAGE = REPO / "provisioning"

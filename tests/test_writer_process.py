@@ -135,13 +135,13 @@ def test_the_writer_child_used_directly(tmp_path: Path):
 
 def test_storage_full_in_the_child_is_storage_full_in_the_daemon(tmp_path: Path):
     # The mapping alone (a full disk through the daemon: test_reliability_diskfull.py).
-    from provisioning.store.writer import _commit
+    from provisioning.store.writer_child import commit
 
     class Full:
         def commit_batch(self, **_):
             raise StorageFull("no space left for the queue in X", hint="free space")
 
-    reply = _commit(Full(), {"adds": [], "tasks": [], "workflows": [], "initial": {},
+    reply = commit(Full(), {"adds": [], "tasks": [], "workflows": [], "initial": {},
                              "events": []})
     assert reply == {"error": "full", "message": "no space left for the queue in X",
                      "hint": "free space"}

@@ -152,8 +152,7 @@ class Engine(Scheduling, FlowIndex, TaskTransitions):
         if self.zygote is not None:  # after the tasks: it reports their exits
             self.zygote.close()
         self._writer.close()  # write what is pending; later writes are synchronous
-        # JsonFileStore: close its open event logs, delete its spare inodes (on demand again)
-        getattr(self.store, "close", lambda: None)()
+        self.store.close()  # its helper process, open files (later writes still work)
 
     def _start_zygote(self) -> None:
         if self._want_zygote and self.config.executor.python_zygote and zygote_supported():

@@ -82,7 +82,7 @@ def health(call: Call) -> Response:
         "port": server.server_address[1], "draining": server.draining,
         "queue": server.engine.stats(),
         # None: records are written in-process (off by config, or the child died)
-        "record_writer_pid": getattr(server.engine.store, "writer_pid", None),
+        "record_writer_pid": server.engine.store.writer_pid,
         # None: Python ops are spawned plainly (off, starting, restarting, given up)
         "python_zygote_pid": zygote.pid if (zygote := server.engine.zygote) else None,
     })

@@ -18,6 +18,9 @@ stdin/stdout: a 4-byte big-endian length, then JSON. Request
 reply
 ``{"ok": true}`` or ``{"error": "full"|"os"|"other", ...}``.
 
+The child's side is store/writer_child.py (it imports JsonFileStore, which
+imports this module: two modules, so no import cycle).
+
 Lifetime: the child exits at the end of its stdin, when the daemon closes
 it. It ignores SIGTERM and SIGINT (a Ctrl-C or `systemctl stop` reaches the
 whole group; the daemon still has batches to write while it drains). If the
@@ -48,6 +51,7 @@ from typing import Any
 
 from provisioning import locks
 from provisioning.errors import StorageFull
+from provisioning.selfexec import package_parent_dir
 
 log = logging.getLogger("provisioning.store")
 
@@ -72,13 +76,11 @@ class WriterDied(RuntimeError):
 
 class WriterProcess:
     def __init__(self, data_dir: Path):
-        from provisioning.selfexec import package_parent_dir
-
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_parent_dir(), os.environ.get("PYTHONPATH")) if p)
         self._proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-c", "from provisioning.store.writer import main; main()",
+            [sys.executable, "-c", "from provisioning.store.writer_child import main; main()",
              str(data_dir), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         self._lock = threading.Lock()  # one batch at a time
@@ -98,8 +100,8 @@ class WriterProcess:
                              separators=(",", ":")).encode()
         with self._lock:
             try:
-                _write_frame(self._proc.stdin, request)
-                reply = _read_frame(self._proc.stdout)
+                write_frame(self._proc.stdin, request)
+                reply = read_frame(self._proc.stdout)
             except (OSError, ValueError) as e:
                 raise WriterDied(f"record writer process: {e}") from e
             if reply is None:
@@ -131,12 +133,12 @@ class WriterProcess:
             self._proc.stdout.close()
 
 
-def _write_frame(stream, data: bytes) -> None:
+def write_frame(stream, data: bytes) -> None:
     stream.write(_LEN.pack(len(data)) + data)
     stream.flush()
 
 
-def _read_frame(stream) -> bytes | None:
+def read_frame(stream) -> bytes | None:
     head = stream.read(_LEN.size)
     if len(head) < _LEN.size:
         return None
@@ -145,58 +147,3 @@ def _read_frame(stream) -> bytes | None:
     if len(data) < size:
         return None
     return data
-
-
-def main() -> None:
-    """The child: write each batch it is sent, reply, exit at end of input."""
-    import signal
-
-    from provisioning.paths import DataPaths
-    from provisioning.store.jsonfile import JsonFileStore
-
-    _die_with_parent(int(sys.argv[2]))
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
-    data_dir = Path(sys.argv[1])
-    inp, out = sys.stdin.buffer, sys.stdout.buffer
-    with locks.acquire(writer_lock_path(data_dir), timeout=START_TIMEOUT):
-        store = JsonFileStore(DataPaths(data_dir))
-        try:
-            while True:
-                frame = _read_frame(inp)
-                if frame is None:
-                    return
-                _write_frame(out, json.dumps(_commit(store, json.loads(frame))).encode())
-        finally:
-            store.close()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL),
-                                                    0, 0, 0)
-        except (OSError, AttributeError) as e:  # then: exit at end of input only
-            log.warning("record writer: cannot follow the daemon's death (%s)", e)
-    if os.getppid() != parent_pid:  # the daemon died before that took effect
-        os._exit(0)
-
-
-def _commit(store, request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        store.commit_batch(adds=[(w, t) for w, t in request["adds"]], tasks=request["tasks"],
-                           workflows=request["workflows"], initial_tasks=request["initial"],
-                           events=[(w, e) for w, e in request["events"]])
-    except StorageFull as e:
-        return {"error": "full", "message": e.message, "hint": e.hint}
-    except OSError as e:
-        return {"error": "os", "errno": e.errno, "message": str(e)}
-    except Exception as e:  # reported to the daemon, which logs it and retries the batch
-        return {"error": "other", "message": f"{type(e).__name__}: {e}"}
-    return {"ok": True}
