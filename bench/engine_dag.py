@@ -25,9 +25,11 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from provisioning.config import load_config  # noqa: E402
-from provisioning.engine.engine import Engine, _Running  # noqa: E402
+from provisioning.engine.engine import Engine  # noqa: E402
 from provisioning.engine.executor import TaskOutcome  # noqa: E402
+from provisioning.engine.flows import Running  # noqa: E402
 from provisioning.engine.loader import load_workflow_file  # noqa: E402
+from provisioning.engine.scheduler import Scheduler  # noqa: E402
 from provisioning.store.base import Store  # noqa: E402
 
 
@@ -51,7 +53,7 @@ class NullStore(Store):
     def close(self): pass
 
 
-class InstantEngine(Engine):
+class InstantScheduler(Scheduler):
     """Every claimed task succeeds at once: the scheduler's own cost, no processes."""
 
     def __init__(self, *args, **kwargs):
@@ -59,25 +61,29 @@ class InstantEngine(Engine):
         self._instant: list[tuple[str, int]] = []  # claimed, to complete at once
         self._starting = False
 
-    def _spawn(self, flow, task, argv, *_gate):  # newer engines pass a ticket too
-        self._instant.append((task["key"], self._lease_seq))
-        return _Running(process=SimpleNamespace(pid=None, finished=True),
-                        lease_token=self._lease_seq, task_token="")
+    def _launch(self, task, argv, lease_token, gate):
+        self._instant.append((task["key"], lease_token))
+        return Running(process=SimpleNamespace(pid=None, finished=True),
+                       lease_token=lease_token, task_token="")
 
-    def _start_ready(self):
-        if self._starting:  # called again by _complete: the loop below goes on
+    def start_ready(self):
+        if self._starting:  # called again by a completion: the loop below goes on
             return
         self._starting = True
         try:
             while True:
-                super()._start_ready()
+                super().start_ready()
                 if not self._instant:
                     return
                 done, self._instant = self._instant, []
                 for key, token in done:
-                    self._complete(key, token, TaskOutcome(exit_code=0))
+                    self._ended_run(key, token, TaskOutcome(exit_code=0))
         finally:
             self._starting = False
+
+
+class InstantEngine(Engine):
+    scheduler_class = InstantScheduler
 
 
 def make_dag(n: int, per_task: int, seed: int = 7) -> dict:

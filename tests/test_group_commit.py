@@ -175,7 +175,7 @@ def test_a_dependent_starts_only_once_its_dependency_completion_is_on_disk(tmp_p
         store.gate.clear()  # from now on no batch reaches the disk
         store.entered.clear()
         # a finishes, b is claimed in memory; its process waits for the claim's batch.
-        wait_for(lambda: f"{wid}.b" in engine._running and store.entered.is_set(),
+        wait_for(lambda: f"{wid}.b" in engine.scheduler.running and store.entered.is_set(),
                  timeout=30, what="b claimed and a batch held at the disk")
         assert not marker.exists(), "b started before its claim was on disk"
         b_file = store.paths.queue_dir / f"{wid}.b.json"  # none yet, or its first version
@@ -231,8 +231,8 @@ def test_a_start_that_never_reached_the_disk_is_killed_by_recovery(tmp_path: Pat
         wid = engine.submit(_spec(engine, {"workflow": {"name": "unrecorded"}, "tasks": [
             {"id": "s", "op": "shell.run", "params": {"argv": ["sleep", "600"]}}]}))["workflow_id"]
         # (not get_task: a reader waits for the held batch; look at the handle)
-        pid = wait_for(lambda: f"{wid}.s" in engine._running and
-                       engine._running[f"{wid}.s"].process.pid, timeout=30,
+        pid = wait_for(lambda: f"{wid}.s" in engine.scheduler.running and
+                       engine.scheduler.running[f"{wid}.s"].process.pid, timeout=30,
                        what="the task's process to start")
         proc = psutil.Process(pid)
         assert proc.cmdline() == ["sleep", "600"]

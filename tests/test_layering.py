@@ -84,6 +84,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 PENDING_ARCH_CORE: set[tuple[str, str]] = {
     ("provisioning.engine.commit", "provisioning.store.base"),
     ("provisioning.engine.engine", "provisioning.store.base"),
+    ("provisioning.engine.launch", "provisioning.store.base"),
     ("provisioning.engine.recovery", "provisioning.store.base"),
 }
 

@@ -21,7 +21,7 @@ import pytest
 
 from provisioning import model, procinfo
 from provisioning.config import load_config
-from provisioning.engine.commit import RecordWriter
+from provisioning.engine.commit import Committer
 from provisioning.engine.engine import Engine
 from provisioning.engine.loader import parse_workflow
 from provisioning.model import TaskSpec, WorkflowSpec, new_submission
@@ -237,7 +237,7 @@ def test_writes_after_close_still_work(backend: Backend):
 def test_the_daemons_committer_round_trips(backend: Backend):
     """engine/commit.py's grouped path on this backend: new workflows, replaced
     records, first task files and events, as the daemon hands them over."""
-    writer = RecordWriter(backend.store, grouped=True)
+    writer = Committer(backend.store, grouped=True)
     wf, tasks = make()
     writer.add_workflow(wf, tasks)  # returns once the workflow record is durable
     running = dict(tasks[0], status="running", attempts=1)

@@ -1,6 +1,6 @@
 """Group commit of the engine's record writes (docs/performance-notes.md).
 
-The engine changes records under its lock and hands them to a RecordWriter
+The engine changes records under its lock and hands them to a Committer
 instead of writing them itself. With a store whose commits are worth grouping
 (``Store.group_commit``: JsonFileStore), one committer thread writes everything
 handed over since its last write in ONE store call (file fsyncs overlapping,
@@ -48,9 +48,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provisioning.store.base import Store
+if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
+    from provisioning.store.base import Store
 
 log = logging.getLogger("provisioning.engine")
 
@@ -86,7 +87,7 @@ DONE = Ticket()
 DONE.done = True
 
 
-class RecordWriter:
+class Committer:
     def __init__(self, store: Store, *, grouped: bool | None = None):
         """``grouped``: write in a committer thread (default: ``store.group_commit``;
         the shared store tests force it to run the daemon's path on every backend)."""

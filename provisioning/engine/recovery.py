@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioning import procinfo
 from provisioning.engine import executor
 from provisioning.fsutil import read_json
-from provisioning.model import add_history
-from provisioning.store.base import Store
+from provisioning.model import UNFINISHED_TASK, TaskStatus, add_history
+
+if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
+    from provisioning.store.base import Store
 
 log = logging.getLogger("provisioning.engine")
 
@@ -34,17 +36,17 @@ def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
                           tasks: list[dict[str, Any]], *, kill_grace: float) -> None:
     """Kill what is left of unfinished tasks' processes; resolve every
     `running` task record in place and persist it."""
-    unfinished = {t["key"]: t for t in tasks if t.get("status") in ("queued", "running")
+    unfinished = {t["key"]: t for t in tasks if t.get("status") in UNFINISHED_TASK
                   and isinstance(t.get("key"), str)}
     if not unfinished:
         return
     marked = executor.marked_processes(set(unfinished))  # one pass over the process table
     for key in marked:
-        if unfinished[key].get("status") == "queued":
+        if unfinished[key].get("status") == TaskStatus.QUEUED:
             log.warning("task %s: a process of a start that was not recorded is still "
                         "alive; killing it", key)
             executor.kill_tree(None, None, key, kill_grace)
-    for task in (t for t in unfinished.values() if t.get("status") == "running"):
+    for task in (t for t in unfinished.values() if t.get("status") == TaskStatus.RUNNING):
         lease = task.get("lease") or {}
         pid, create_time = lease.get("pid"), lease.get("pid_create_time")
         recorded_alive = procinfo.same_process(pid, create_time, zombies=True) is not None
@@ -61,12 +63,12 @@ def recover_running_tasks(store: Store, workflows: dict[str, dict[str, Any]],
                            "owner": lease.get("owner")})
         workflow = workflows.get(task["workflow_id"]) or {}
         if checkpoint.get("done") is True:
-            task.update(status="succeeded", progress=100, result=checkpoint.get("result"),
+            task.update(status=TaskStatus.SUCCEEDED, progress=100, result=checkpoint.get("result"),
                         finished_at=now, error=None)
         elif workflow.get("cancel_requested"):
-            task.update(status="cancelled", finished_at=now, error="cancelled")
+            task.update(status=TaskStatus.CANCELLED, finished_at=now, error="cancelled")
         else:
-            task.update(status="queued", started_at=None, finished_at=None, retry_at=None,
+            task.update(status=TaskStatus.QUEUED, started_at=None, finished_at=None, retry_at=None,
                         attempt_base=task.get("attempt_base", 0) + 1,
                         message="interrupted by an orchestrator restart; queued again")
         task.update(lease=None, updated_at=now,
