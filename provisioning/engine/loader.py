@@ -63,20 +63,25 @@ def _with_default_name(data: Any, p: Path) -> Any:
     return data
 
 
-def _read_toml(p: Path) -> Any:
+def _read_text(p: Path) -> str:
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{p}: cannot read workflow file: {e}") from e
+
+
+def _read_toml(p: Path) -> Any:
+    text = _read_text(p)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValidationError(f"{p}: invalid TOML: {e}") from e
 
 
 def _read_json(p: Path) -> Any:
+    text = _read_text(p)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"{p}: cannot read workflow file: {e}") from e
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValidationError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from e
 

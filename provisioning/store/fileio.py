@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,8 +215,6 @@ def _fsync_pool():
     global _pool
     with _pool_guard:
         if _pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="store-fsync")
         return _pool
 

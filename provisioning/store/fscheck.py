@@ -44,7 +44,7 @@ def read_mounts() -> list[tuple[str, str]]:
                         for fields in (line.split() for line in f) if len(fields) >= 3]
         except OSError:
             pass
-    import psutil
+    import psutil  # lazy: only where /proc/self/mounts is missing (macOS, BSD)
 
     return [(p.mountpoint, p.fstype) for p in psutil.disk_partitions(all=True)]
 
