@@ -30,7 +30,7 @@ from provisioning.engine.executor import TaskOutcome  # noqa: E402
 from provisioning.engine.flows import Running  # noqa: E402
 from provisioning.engine.loader import load_workflow_file  # noqa: E402
 from provisioning.engine.scheduler import Scheduler  # noqa: E402
-from provisioning.store.base import Store  # noqa: E402
+from provisioning.model.storage import Store  # noqa: E402
 
 
 class NullStore(Store):

@@ -77,16 +77,8 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 
 # Edges allowed only until the architecture work of arch-core (issue 13) is merged:
-# the engine and the store still import each other, the planner still takes
-# TaskSpec/WorkflowSpec from engine.model (provisioning/model.py takes over), and
-# store/jsonfile.py <-> store/writer.py is still a cycle. The lead empties this
-# set at that merge; the test then holds the whole rule.
-PENDING_ARCH_CORE: set[tuple[str, str]] = {
-    ("provisioning.engine.commit", "provisioning.store.base"),
-    ("provisioning.engine.engine", "provisioning.store.base"),
-    ("provisioning.engine.launch", "provisioning.store.base"),
-    ("provisioning.engine.recovery", "provisioning.store.base"),
-}
+# none left (the store interface is provisioning/model/storage.py, base level).
+PENDING_ARCH_CORE: set[tuple[str, str]] = set()
 
 PACKAGE = REPO / "provisioning"
 

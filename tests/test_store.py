@@ -1,4 +1,4 @@
-"""The Store contract (provisioning/store/base.py), run on every backend.
+"""The Store contract (provisioning/model/storage.py), run on every backend.
 
 Each backend is an entry of BACKENDS: a function that returns a Backend for
 a test's tmp_path. The suite runs every test on every entry, the daemon's
@@ -25,8 +25,8 @@ from provisioning.engine.commit import Committer
 from provisioning.engine.engine import Engine
 from provisioning.engine.loader import parse_workflow
 from provisioning.model import TaskSpec, WorkflowSpec, new_submission
+from provisioning.model.storage import Store
 from provisioning.paths import DataPaths
-from provisioning.store.base import Store
 from provisioning.store.jsonfile import JsonFileStore
 from provisioning.store.memory import MemoryStore
 

@@ -48,10 +48,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
-    from provisioning.store.base import Store
+from provisioning.model.storage import Store
 
 log = logging.getLogger("provisioning.engine")
 

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provisioning import model
 from provisioning.config import Config
@@ -43,10 +43,8 @@ from provisioning.engine.zygote import Zygote
 from provisioning.engine.zygote import supported as zygote_supported
 from provisioning.errors import Conflict, NotFound, ServiceUnavailable, UsageError, ValidationError
 from provisioning.model import NOT_SUCCEEDED, Record, TaskStatus, WorkflowSpec, WorkflowStatus
+from provisioning.model.storage import Store
 from provisioning.ops.registry import OpRegistry
-
-if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
-    from provisioning.store.base import Store
 
 log = logging.getLogger("provisioning.engine")
 

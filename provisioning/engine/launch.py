@@ -14,15 +14,13 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.zygote import Zygote
 from provisioning.model import Record
+from provisioning.model.storage import Store
 from provisioning.ops.registry import OpRegistry
-
-if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
-    from provisioning.store.base import Store
 
 
 class TaskLauncher:

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from provisioning import procinfo
 from provisioning.engine import executor
 from provisioning.fsutil import read_json
 from provisioning.model import UNFINISHED_TASK, TaskStatus, add_history
-
-if TYPE_CHECKING:  # the interface only: engine/ and store/ never import each other
-    from provisioning.store.base import Store
+from provisioning.model.storage import Store
 
 log = logging.getLogger("provisioning.engine")
 

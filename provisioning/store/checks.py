@@ -1,4 +1,4 @@
-"""Checks of what a store reads back and names files after (formats: store/base.py).
+"""Checks of what a store reads back and names files after (formats: model/storage.py).
 
 `check_workflow` / `check_task` say why a record read from disk cannot be
 trusted (then it is quarantined); `check_id` refuses ids unusable as file

@@ -29,9 +29,9 @@ from pathlib import Path
 from provisioning import fsutil
 from provisioning.errors import ProvisioningError
 from provisioning.model import first_task_records, task_key
+from provisioning.model.storage import Event, NewWorkflow, Record, Store
 from provisioning.paths import DataPaths
 from provisioning.store import checks
-from provisioning.store.base import Event, NewWorkflow, Record, Store
 from provisioning.store.events import EventLogs
 from provisioning.store.fileio import Spares, replace_many, storage_errors
 from provisioning.store.queuefiles import load_queue, task_file, workflow_file
@@ -78,7 +78,7 @@ class JsonFileStore(Store):
                      workflows: list[Record] = (),
                      initial_tasks: dict[str, list[str]] | None = None,
                      events: list[tuple[str, Event]] = ()) -> None:
-        """The Store contract's group commit (store/base.py), with files:
+        """The Store contract's group commit (model/storage.py), with files:
 
         Each file is written to a temp file, fsynced and renamed into place
         (fsyncs in parallel, see fileio.replace_many): first the unsynced

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.model import first_task_records, task_key
-from provisioning.store.base import Event, NewWorkflow, Record, Store
+from provisioning.model.storage import Event, NewWorkflow, Record, Store
 
 
 def _copy(record: Any) -> Any:

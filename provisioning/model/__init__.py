@@ -5,9 +5,10 @@ the persisted, mutable state of a workflow or a task: a plain JSON-able dict
 with a schema version. This module says what the states are, which ids are
 valid, and builds every new record (``new_submission``, ``first_task_records``),
 so the engine that submits and the store that rebuilds a lost task file make
-the very same dict. Store formats in detail: store/base.py.
+the very same dict. Store formats in detail: model/storage.py, the storage
+interface every backend implements.
 
-Keys beyond store/base.py's list (all optional on read, so older records
+Keys beyond model/storage.py's list (all optional on read, so older records
 load): workflow ``cancel_requested``; task ``attempt_base`` (attempts before
 the current run, so a user ``retry`` gets the full retry budget again),
 ``retry_at`` (epoch of the next attempt while backing off),

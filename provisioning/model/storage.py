@@ -1,6 +1,11 @@
 """The Store interface: where the engine keeps its records (huey's BaseStorage
 is the model). Written for whoever implements the next backend.
 
+It lives beside the records (provisioning/model/, base level), not in
+store/: the engine holds a Store without importing any backend, and the
+backends (store/memory.py, store/jsonfile.py, and PostgreSQL next) import
+this and the model, never the engine (tests/test_layering.py).
+
 A Store persists two kinds of records and one log per workflow:
 
 - a workflow record: schema, kind="workflow", id, name, status, created_at,
@@ -19,8 +24,7 @@ Records are plain JSON documents (``"schema": SCHEMA_VERSION``), built by
 provisioning.model and changed by the engine; a store keeps them whole and
 gives back equal copies, never the objects it was handed. It never decides
 anything about them: no state changes, no scheduling. States, ids and the
-one record constructor live in provisioning.model; the store imports that,
-never the engine.
+one record constructor live in provisioning.model.
 
 Who calls what. The engine (engine/engine.py) calls ``load`` once at start,
 before any write; from then on its committer (engine/commit.py) hands
