@@ -11,7 +11,12 @@ path (``provisioning version``) must not pay for the C extension.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from typing import Any
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # One tolerance for every comparison of create times. On Linux psutil's
 # create time is the boot time plus the process's start in clock ticks
@@ -72,3 +77,25 @@ def is_alive(record: dict[str, Any] | None) -> bool:
     if not isinstance(record, dict):
         return False
     return same_process(record.get("pid"), record.get("create_time")) is not None
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Have the kernel SIGKILL this process the moment its parent dies
+    (Linux PR_SET_PDEATHSIG), so a helper child (the record writer, the
+    zygote) never outlives a kill -9 of the daemon; exit at once if
+    ``parent_pid`` is already gone (it died before that took effect). False
+    where the kernel cannot: the caller notices its parent's end itself (end
+    of input). PDEATHSIG follows the parent THREAD that started the child."""
+    followed = False
+    if sys.platform.startswith("linux"):
+        import ctypes  # lazy: only the helper children that call this need it
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL),
+                                                    0, 0, 0)
+            followed = True
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+    return followed

@@ -48,6 +48,8 @@ import socket
 import struct
 import sys
 
+from provisioning import procinfo
+
 MARKER_ENV = "PROVISIONING_TASK_ID"  # as engine/proctree.py
 MARKER_RESERVE = 128  # bytes kept for a task key (at most 101: uuid + "." + 64)
 STATUS = struct.Struct("<ci")  # b"Z" wait status (from the zygote) / b"C" exit code (child)
@@ -67,7 +69,7 @@ def main() -> None:
     if sys.path and sys.path[0] == "":  # -c put the daemon's cwd first: never import from it
         del sys.path[0]
     sock = socket.socket(fileno=int(sys.argv[1]))
-    _die_with_parent(int(sys.argv[2]))
+    procinfo.die_with_parent(int(sys.argv[2]))  # else: exit at the end of the socket only
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the daemon stops us: retire or end of socket
     hello = _preload(json.loads(sys.argv[3]))
@@ -258,20 +260,6 @@ def _reap(children: dict[int, int]) -> None:
         except OSError:  # the daemon closed it: nobody waits any more
             pass
         os.close(fd)
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL),
-                                                    0, 0, 0)
-        except (OSError, AttributeError):  # then: exit at the end of the socket only
-            pass
-    if os.getppid() != parent_pid:  # the daemon died before that took effect
-        os._exit(0)
 
 
 # -- the child: becomes the task's process ---------------------------------------------

@@ -7,16 +7,14 @@ stdin with its own JsonFileStore and answers on stdout.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from provisioning import locks
+from provisioning import locks, procinfo
 from provisioning.errors import StorageFull
 from provisioning.paths import DataPaths
 from provisioning.store.jsonfile import JsonFileStore
@@ -27,7 +25,8 @@ log = logging.getLogger("provisioning.store")
 
 def main() -> None:
     """The child: write each batch it is sent, reply, exit at end of input."""
-    _die_with_parent(int(sys.argv[2]))
+    if not procinfo.die_with_parent(int(sys.argv[2])):  # then: exit at end of input only
+        log.warning("record writer: cannot follow the daemon's death")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -44,18 +43,6 @@ def main() -> None:
                 write_frame(out, json.dumps(commit(store, json.loads(frame))).encode())
         finally:
             store.close()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL),
-                                                    0, 0, 0)
-        except (OSError, AttributeError) as e:  # then: exit at end of input only
-            log.warning("record writer: cannot follow the daemon's death (%s)", e)
-    if os.getppid() != parent_pid:  # the daemon died before that took effect
-        os._exit(0)
 
 
 def commit(store: JsonFileStore, request: dict[str, Any]) -> dict[str, Any]:
