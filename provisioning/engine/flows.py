@@ -134,7 +134,7 @@ class FlowIndex:
     def push_ready(self, flow: Flow, task: Record) -> None:
         heapq.heappush(flow.ready, (-priority_rank(task.get("priority")), task.get("seq") or 0,
                                     task["id"]))
-        self._schedulable[flow.id] = flow
+        self._schedulable[flow.rec["id"]] = flow  # (hot path: no property call)
 
     def succeeded(self, flow: Flow, task: Record) -> None:
         """``task`` succeeded: dependents with nothing left to wait for are ready."""

@@ -15,7 +15,7 @@ import time
 
 from provisioning.engine.commit import Committer, Ticket
 from provisioning.engine.flows import Flow
-from provisioning.model import Record
+from provisioning.model import Record, plain
 
 
 class Journal:
@@ -36,11 +36,11 @@ class Journal:
               progress: int | None = None, message: str | None = None) -> None:
         """Record event number len(flow.events) + 1 and wake whoever long-polls."""
         event = {"seq": len(flow.events) + 1, "ts": time.time(), "type": kind, "task": task_id,
-                 "status": str(status), "progress": progress, "message": message}
+                 "status": plain(status), "progress": progress, "message": message}
         flow.events.append(event)
         # With the next batch: never raises, so a full disk cannot break a
         # transition half-way nor fail a submission already committed.
-        self.committer.append_event(flow.id, event)
+        self.committer.append_event(flow.rec["id"], event)
         if flow.event_waiters is not None:
             flow.event_waiters.notify_all()
 

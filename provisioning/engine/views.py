@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisioning.model import DEFAULT_PRIORITY, TASK_STATUSES, Record
+from provisioning.model import DEFAULT_PRIORITY, TASK_STATUSES, Record, plain
 
 
 def _duration(started: float | None, finished: float | None) -> float | None:
@@ -23,7 +23,7 @@ def task_view(task: Record, live_pid: int | None = None) -> dict[str, Any]:
     return {"key": task["key"], "workflow_id": task["workflow_id"], "id": task["id"],
             "op": task["op"], "params": task.get("params", {}),
             "depends_on": list(task.get("depends_on", [])),
-            "priority": task.get("priority", DEFAULT_PRIORITY), "status": str(task["status"]),
+            "priority": task.get("priority", DEFAULT_PRIORITY), "status": plain(task["status"]),
             "progress": task.get("progress", 0), "message": task.get("message"),
             "attempts": task.get("attempts", 0), "retries": task.get("retries", 0),
             "started_at": task.get("started_at"), "finished_at": task.get("finished_at"),
@@ -41,7 +41,7 @@ def workflow_view(workflow: Record, tasks: list[Record], *,
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     spec_head = (workflow.get("spec") or {}).get("workflow") or {}
     view = {"workflow_id": workflow["id"], "name": workflow["name"],
-            "kind": spec_head.get("kind", "workflow"), "status": str(workflow["status"]),
+            "kind": spec_head.get("kind", "workflow"), "status": plain(workflow["status"]),
             "created_at": workflow.get("created_at"), "started_at": workflow.get("started_at"),
             "finished_at": workflow.get("finished_at"),
             "duration_s": _duration(workflow.get("started_at"), workflow.get("finished_at")),

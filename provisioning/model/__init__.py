@@ -66,6 +66,10 @@ class WorkflowStatus(_Word):
         return self in FINISHED_WORKFLOW
 
 
+# A state as a plain str (views, events: what readers get): str.__str__ is C code,
+# so this costs no Python call per record, unlike str(member).
+plain = str.__str__
+
 TASK_STATUSES: tuple[TaskStatus, ...] = tuple(TaskStatus)
 WORKFLOW_STATUSES: tuple[WorkflowStatus, ...] = tuple(WorkflowStatus)
 FINISHED_TASK = frozenset(s for s in TaskStatus if s.finished)
@@ -171,8 +175,7 @@ def new_submission(workflow_id: str, spec: WorkflowSpec, *, last_seq: int,
                 "started_at": None, "finished_at": None, "max_parallel": spec.max_parallel,
                 "task_ids": [t.id for t in spec.tasks], "spec": spec_doc,
                 "seq": last_seq + len(spec.tasks) + 1, "cancel_requested": False}
-    tasks = [_task_record(workflow, index, task) for index, task in enumerate(spec_doc["tasks"])]
-    return workflow, tasks
+    return workflow, _task_records(workflow, enumerate(spec_doc["tasks"]))
 
 
 def first_task_records(workflow: Record, task_ids: Iterable[str] | None = None) -> list[Record]:
@@ -183,22 +186,29 @@ def first_task_records(workflow: Record, task_ids: Iterable[str] | None = None) 
     position = {tid: i for i, tid in enumerate(workflow["task_ids"])}
     specs = {t["id"]: t for t in workflow["spec"]["tasks"] if isinstance(t, dict) and "id" in t}
     wanted = workflow["task_ids"] if task_ids is None else task_ids
-    return [_task_record(workflow, position[tid], specs[tid]) for tid in wanted]
+    return _task_records(workflow, ((position[tid], specs[tid]) for tid in wanted))
 
 
-def _task_record(workflow: Record, index: int, task: dict[str, Any]) -> Record:
-    seq = _number(workflow.get("seq")) - len(workflow["task_ids"]) + index
-    created = workflow.get("created_at")
-    return {"schema": SCHEMA_VERSION, "kind": "task", "key": task_key(workflow["id"], task["id"]),
-            "workflow_id": workflow["id"], "id": task["id"], "op": task.get("op"),
-            "params": task.get("params") or {},
+def _task_records(workflow: Record, tasks: Iterable[tuple[int, dict[str, Any]]]) -> list[Record]:
+    """The queued record of each (index in task_ids, task spec): THE constructor."""
+    first_seq = _number(workflow.get("seq")) - len(workflow["task_ids"])
+    workflow_id, created = workflow["id"], workflow.get("created_at")
+    records = []
+    for index, task in tasks:
+        params = task.get("params")  # the spec's own dict: no copy per task (10,000-task DAGs)
+        records.append({
+            "schema": SCHEMA_VERSION, "kind": "task", "key": task_key(workflow_id, task["id"]),
+            "workflow_id": workflow_id, "id": task["id"], "op": task.get("op"),
+            "params": params if isinstance(params, dict) else {},
             "depends_on": list(task.get("depends_on") or []),
             "priority": task.get("priority", DEFAULT_PRIORITY),
             "retries": task.get("retries", 0), "timeout_s": task.get("timeout_s"),
-            "seq": max(seq, 0), "status": TaskStatus.QUEUED, "attempts": 0, "attempt_base": 0,
-            "progress": 0, "message": None, "result": None, "error": None, "exit_code": None,
-            "signal": None, "created_at": created, "started_at": None, "finished_at": None,
-            "updated_at": created, "lease": None, "history": [], "retry_at": None}
+            "seq": max(first_seq + index, 0), "status": TaskStatus.QUEUED, "attempts": 0,
+            "attempt_base": 0, "progress": 0, "message": None, "result": None, "error": None,
+            "exit_code": None, "signal": None, "created_at": created, "started_at": None,
+            "finished_at": None, "updated_at": created, "lease": None, "history": [],
+            "retry_at": None})
+    return records
 
 
 def reset_for_rerun(task: Record, now: float) -> None:
