@@ -269,3 +269,23 @@ def test_a_program_is_found_in_the_tasks_path_and_inherits_no_stray_fd(tmp_path:
     finally:
         os.close(stray_r)
         os.close(stray_w)
+
+
+def test_a_program_removed_from_the_path_is_looked_up_again(tmp_path: Path):
+    dirs = [tmp_path / "first", tmp_path / "second"]
+    for d in dirs:
+        d.mkdir()
+        tool = d / "whichtool"
+        tool.write_text(f"#!/bin/sh\necho RESULT: '\"{d.name}\"'\n")
+        tool.chmod(0o755)
+    env = clean_env({"PATH": os.pathsep.join([*map(str, dirs), "/usr/bin", "/bin"])})
+
+    def run() -> object:
+        task = TaskRun(key="k", argv=["whichtool"], params={}, env=env,
+                       log_path=tmp_path / "w.log", attempt=1, timeout_s=30, kill_grace_s=1,
+                       send_params=False)
+        return TaskProcess(task, on_progress=lambda p, m: None).run().result
+
+    assert run() == "first"
+    (dirs[0] / "whichtool").unlink()  # within the lookup cache's lifetime
+    assert run() == "second"

@@ -218,6 +218,30 @@ def test_a_changed_module_file_or_config_file_replaces_the_zygote(tmp_path: Path
         z.close()
 
 
+def test_an_op_that_execs_and_a_request_too_big_for_the_socket(tmp_path: Path):
+    from provisioning.ops.registry import OpRegistry
+
+    z = make_zygote()
+    try:
+        first = z.pid
+        shell_run = OpRegistry([]).resolve("shell.run")  # the built-in op: Python, then exec
+        key = KEY.format(n=7)
+        env = clean_env({"PROVISIONING_TASK_ID": key})
+        run = TaskRun(key=key, argv=shell_run, params={"argv": [
+            "sh", "-c", 'echo "RESULT: [$PPID, \\"$X\\"]"; exit 3'], "env": {"X": "x"}}, env=env,
+            log_path=tmp_path / "exec.log", attempt=1, timeout_s=30, kill_grace_s=1)
+        out = TaskProcess(run, on_progress=lambda p, m: None, zygote=z).run()
+        assert out.exit_code == 3 and out.result == [z.pid, "x"]  # its own exit code, via exec
+        # more than a datagram can carry (each value within the kernel's 128 KiB per string)
+        run.env = {**env, **{f"BIG{i}": "y" * 100_000 for i in range(4)}}
+        run.params = {"argv": ["sh", "-c", 'echo "RESULT: ${#BIG3}"']}
+        out = TaskProcess(run, on_progress=lambda p, m: None, zygote=z).run()
+        assert out.succeeded and out.result == 100_000  # spawned plainly instead
+        assert z.pid == first  # and the zygote is still the same one
+    finally:
+        z.close()
+
+
 # -- through the daemon ------------------------------------------------------------------
 
 OP = """

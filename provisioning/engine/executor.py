@@ -89,7 +89,8 @@ class TaskProcess:
             outcome.stop_reason, outcome.finished_at = reason, time.time()
             self._close_wake()
             return outcome
-        log = TaskLog(self.spec.log_path, self._header())
+        stamp = time.time()
+        log = TaskLog(self.spec.log_path, lambda: self._header(stamp))
         try:
             child = self._start(log, outcome)
             if child is None:
@@ -124,7 +125,7 @@ class TaskProcess:
         if self.zygote is not None and python_script(spec.argv) is not None:
             child = self.zygote.spawn(spec.argv, env=spec.env, cwd=spec.cwd, key=spec.key)
             if child is not None:
-                log.header += " [forked from the Python zygote]"
+                log.note = " [forked from the Python zygote]"
                 return child
         try:
             return PopenChild(spec.argv, env=spec.env, cwd=spec.cwd)
@@ -328,8 +329,8 @@ class TaskProcess:
             child.wait(REAP_AFTER_KILL_SECONDS)
         child.close_stdin()
 
-    def _header(self) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def _header(self, started: float) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started))
         # shlex.join: shown as an operator would type it, so an argument with a
         # space or `;` reads as one argument (nothing here is ever run by a shell).
         return f"=== attempt {self.spec.attempt} started {stamp}: {shlex.join(self.spec.argv)}"

