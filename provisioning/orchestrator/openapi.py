@@ -54,6 +54,8 @@ _KIND_BODY = {"type": "object", "additionalProperties": False, "required": ["inf
               "properties": {"infra": {"type": "string", "maxLength": 256},
                              "params": {"type": "object"}}}
 
+_ACCEPTED = {"202": _json(_ref("Accepted"), WorkflowStatus.QUEUED.value)}
+
 _KIND_SUMMARIES = {
     "/workflows/servers/create": "Create the servers of an infra (params: servers, ...)",
     "/workflows/servers/delete": "Delete servers of an infra",
@@ -62,15 +64,14 @@ _KIND_SUMMARIES = {
 }
 
 
-def openapi_document(port: int | None = None) -> dict[str, Any]:
-    """The whole document; `port` fills the servers entry when known."""
-    accepted = {"202": _json(_ref("Accepted"), WorkflowStatus.QUEUED.value)}
-    paths: dict[str, Any] = {
+def _workflow_paths() -> dict[str, Any]:
+    """/health, this document and the /workflows routes (the business kinds aside)."""
+    return {
         "/health": {"get": _op("Liveness, versions and queue counts (no token)",
                                {"200": _json(_ref("Health"))}, secured=False)},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
         "/workflows": {
-            "post": _op("Submit a whole workflow definition (DESIGN.md 6)", accepted,
+            "post": _op("Submit a whole workflow definition (DESIGN.md 6)", _ACCEPTED,
                         body=_ref("WorkflowDefinition")),
             "get": _op("List workflows, newest first; in pages with limit/offset",
                        {"200": _json(_ref("WorkflowList"))},
@@ -102,6 +103,12 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
                     _query_param("after", {"type": "integer", "minimum": 0}, "last seq seen"),
                     _query_param("timeout", {"type": "number", "minimum": 0, "maximum": 30},
                                  "seconds to wait for new events")])},
+    }
+
+
+def _task_and_auth_paths() -> dict[str, Any]:
+    """/tasks/{task_key}... and /auth/codes."""
+    return {
         "/tasks/{task_key}": {"get": _op("One task", {"200": _json(_ref("Task"))},
                                          params=[TASK_KEY])},
         "/tasks/{task_key}/log": {"get": _op(
@@ -124,8 +131,13 @@ def openapi_document(port: int | None = None) -> dict[str, Any]:
             "prints as a URL; good once, for expires_in seconds; body optional: {})",
             {"201": _json(_ref("SignInCode"), "created")})},
     }
+
+
+def openapi_document(port: int | None = None) -> dict[str, Any]:
+    """The whole document; `port` fills the servers entry when known."""
+    paths: dict[str, Any] = {**_workflow_paths(), **_task_and_auth_paths()}
     for path, summary in _KIND_SUMMARIES.items():
-        paths[path] = {"post": _op(summary, accepted, body=_KIND_BODY)}
+        paths[path] = {"post": _op(summary, _ACCEPTED, body=_KIND_BODY)}
 
     return {
         "openapi": "3.0.3",
