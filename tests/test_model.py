@@ -35,6 +35,17 @@ def test_id_rules():
     assert model.split_task_key(f"{wid}.t") == (wid, "t")
 
 
+def test_a_task_id_made_of_parts_is_valid_readable_and_unique():
+    assert model.task_id_from("install", "web-1", "nginx") == "install-web-1-nginx"
+    exact = model.task_id_from("x" * 60, "abc")  # 64: kept as it is
+    assert exact == "x" * 60 + "-abc"
+    long_a = model.task_id_from("install", "h" * 40, "a" * 40)
+    long_b = model.task_id_from("install", "h" * 40, "a" * 39 + "b")
+    assert len(long_a) == model.TASK_ID_MAX and long_a.startswith("install-hhh")
+    assert long_a != long_b  # the hash of the whole keeps them apart
+    assert all(model.valid_task_id(t) for t in (exact, long_a, long_b))
+
+
 def test_a_submission_is_numbered_tasks_first_then_its_workflow():
     wid = str(uuid.uuid4())
     workflow, tasks = model.new_submission(wid, SPEC, last_seq=10, now=123.0)

@@ -18,6 +18,7 @@ the current run, so a user ``retry`` gets the full retry budget again),
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -94,7 +95,8 @@ def priority_rank(priority: Any) -> int:
 # user: 1-64 letters, digits, '-' or '_', starting with a letter or digit. No
 # dots in either, so a task key "<workflow id>.<task id>" splits at its dot.
 WORKFLOW_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-TASK_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+TASK_ID_MAX = 64
+TASK_ID_RE = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9_-]{{0,{TASK_ID_MAX - 1}}}$")
 TASK_ID_RULE = "use 1-64 letters, digits, '-' or '_', starting with a letter or digit (no dots)"
 WORKFLOW_ID_EXAMPLE = "3f2b8c1e-0d4a-4e1b-9c7d-2a6f5e4d3c2b"
 
@@ -112,6 +114,17 @@ def valid_task_key(value: Any) -> bool:
         return False
     workflow_id, dot, task_id = value.partition(".")
     return bool(dot) and valid_workflow_id(workflow_id) and valid_task_id(task_id)
+
+
+def task_id_from(*parts: str) -> str:
+    """A task id made of ``parts`` joined by '-' (each part already letters,
+    digits, '-' or '_'), shortened with a hash of the whole when longer than
+    TASK_ID_MAX, so it stays unique and still reads like its parts."""
+    raw = "-".join(parts)
+    if len(raw) <= TASK_ID_MAX:
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:8]
+    return f"{raw[:TASK_ID_MAX - len(digest) - 1]}-{digest}"
 
 
 def task_key(workflow_id: str, task_id: str) -> str:

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from provisioning.errors import ProvisioningError, http_status_of
+from provisioning.model import valid_task_key
 from provisioning.orchestrator import auth, sessions, ui
 from provisioning.orchestrator.endpoints import ROUTES, Call, Response, Route
 from provisioning.orchestrator.validate import (
     MAX_JSON_DEPTH,
-    TASK_KEY_RE,
     HttpError,
     reject_constant,
     too_deep,
@@ -202,7 +202,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         if auth.token_matches(presented, self.server.token):
             return
         if (route.auth == "task" and presented is not None and self.server.engine is not None
-                and TASK_KEY_RE.match(params.get("task_key", ""))
+                and valid_task_key(params.get("task_key"))
                 and self.server.engine.check_task_token(params["task_key"], presented)):
             return
         if presented is None:  # a browser of the dashboard: cookie + CSRF token

@@ -7,11 +7,15 @@ HttpError into its status and `{"error": ...}`.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-WORKFLOW_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-TASK_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from provisioning.model import (
+    TASK_ID_RULE,
+    WORKFLOW_ID_EXAMPLE,
+    valid_task_key,
+    valid_workflow_id,
+)
+
 MAX_TEXT = 4096  # progress messages, infra names
 MAX_JSON_DEPTH = 64  # deeper documents would hit recursion limits later, in the engine
 
@@ -56,15 +60,17 @@ def only_fields(body: dict[str, Any], known: tuple[str, ...]) -> None:
 
 def workflow_id(params: dict[str, str]) -> str:
     value = params["workflow_id"]
-    if not WORKFLOW_ID_RE.match(value):
-        raise HttpError(400, "invalid workflow id: 1-128 letters, digits, '-' or '_'")
+    if not valid_workflow_id(value):
+        raise HttpError(400, f"invalid workflow id: expected a lower-case uuid like "
+                        f"{WORKFLOW_ID_EXAMPLE}")
     return value
 
 
 def task_key(params: dict[str, str]) -> str:
     value = params["task_key"]
-    if not TASK_KEY_RE.match(value):
-        raise HttpError(400, "invalid task id: expected <workflow_id>.<task_id>")
+    if not valid_task_key(value):
+        raise HttpError(400, "invalid task id: expected <workflow_id>.<task_id> (a workflow "
+                        f"uuid; for the task id {TASK_ID_RULE})")
     return value
 
 
