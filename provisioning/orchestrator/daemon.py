@@ -62,21 +62,44 @@ def check_data_dir_fs(config: Config) -> None:
                            allow_network_fs=config.storage.allow_network_fs)
 
 
-def acquire_singleton(data_paths: DataPaths):
-    """Take the data dir's daemon lock for life, or raise AlreadyRunning.
+# A daemon killed with -9 keeps its lock until its last thread has exited, and
+# a thread inside fsync on a busy disk exits only when the fsync returns.
+LOCK_HOLDER_WAIT_S = 30.0
 
-    A daemon that is still starting holds the lock before it writes its
-    pidfile, so a busy lock without a confirmed pidfile is re-checked for a
-    short while to name the pid.
+
+def acquire_singleton(data_paths: DataPaths, *, wait_s: float = LOCK_HOLDER_WAIT_S):
+    """Take the data dir's daemon lock for life, or raise AlreadyRunning naming
+    the live daemon (confirmed by its pidfile) that holds it.
+
+    A busy lock with no confirmed daemon behind it belongs to a daemon that is
+    still starting (its pidfile comes next) or still dying (killed, its last
+    threads not yet gone): wait up to ``wait_s`` for the one or the other. A
+    holder that is neither is an error, never "already running": nothing
+    would serve, and a caller would read the stale pidfile of the dead one.
     """
+    waiting_logged = False
+
     def lock_or_owner() -> tuple[FileLock | None, PidInfo | None] | None:
+        nonlocal waiting_logged
         lock = locks.try_acquire(data_paths.daemon_lock)
         if lock is not None:
             return lock, None
         owner = running_daemon(data_paths)
-        return (None, owner) if owner is not None else None
+        if owner is not None:
+            return None, owner
+        if not waiting_logged:
+            waiting_logged = True
+            log.info("%s is busy and no daemon answers for it yet: waiting up to %gs "
+                     "for its holder to start or exit", data_paths.daemon_lock, wait_s)
+        return None
 
-    lock, owner = wait_until(lock_or_owner, 3.0, first_delay=0.02) or (None, None)
+    got = wait_until(lock_or_owner, wait_s, first_delay=0.02)
+    if got is None:
+        raise ProvisioningError(
+            f"{data_paths.daemon_lock} is held by a process that is not a running "
+            f"orchestrator (waited {wait_s:g}s)",
+            hint=f"a daemon still exiting, or another program: `fuser {data_paths.daemon_lock}`")
+    lock, owner = got
     if lock is None:
         raise AlreadyRunning(owner.pid if owner else None)
     return lock
