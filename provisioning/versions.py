@@ -143,35 +143,36 @@ def check_compatibility(
     plat_entry = compat.get("platform", {}).get(platform)
     core_entry = compat.get("core", {}).get(core)
 
-    def bad(reason: str, required: str = "") -> Verdict:
-        return Verdict(False, reason, core, platform, required)
-
     if plat_entry is None and core_entry is None:
-        return bad(f"neither core {core} nor platform {platform} is listed in versions.toml")
-    if plat_entry is not None:
-        rng = plat_entry.get("core", "*")
-        if not satisfies(core, rng):
-            return bad(f"platform {platform} requires core {rng}, found core {core}", rng)
-        minimum = plat_entry.get("min-core")
-        if minimum and parse_version(core) < parse_version(minimum):
-            return bad(f"platform {platform} requires core >= {minimum}, found core {core}",
-                       f">={minimum}")
-        plat_api = plat_entry.get("api-version")
-        if plat_api and plat_api != api:
-            return bad(f"platform {platform} speaks API {plat_api}, core expects {api}", plat_api)
-    if core_entry is not None:
-        rng = core_entry.get("platform", "*")
-        if not satisfies(platform, rng):
-            return bad(f"core {core} requires platform {rng}, found platform {platform}", rng)
-        minimum = core_entry.get("min-platform")
-        if minimum and parse_version(platform) < parse_version(minimum):
-            return bad(f"core {core} requires platform >= {minimum}, found platform {platform}",
-                       f">={minimum}")
-        core_api = core_entry.get("orchestrator-api")
-        if core_api and core_api != api:
-            return bad(f"core {core} needs orchestrator API {core_api}, platform has {api}",
-                       core_api)
+        return Verdict(False, f"neither core {core} nor platform {platform} is listed in "
+                       "versions.toml", core, platform)
+    sides = ((plat_entry, f"platform {platform}", "core", core, "api-version"),
+             (core_entry, f"core {core}", "platform", platform, "orchestrator-api"))
+    for entry, me, other, other_version, api_key in sides:
+        if entry is None:
+            continue
+        problem = _entry_problem(entry, me, other, other_version, api, api_key)
+        if problem is not None:
+            return Verdict(False, problem[0], core, platform, problem[1])
     return Verdict(True, f"core {core} and platform {platform} are compatible", core, platform)
+
+
+def _entry_problem(entry: dict[str, Any], me: str, other: str, other_version: str, api: str,
+                   api_key: str) -> tuple[str, str] | None:
+    """Why one side's matrix entry (``me``, e.g. "platform 2.5.3") refuses the
+    ``other`` side at ``other_version`` and what it requires, or None: its
+    ``<other>`` range, its ``min-<other>``, its API version (``api_key``)."""
+    rng = entry.get(other, "*")
+    if not satisfies(other_version, rng):
+        return f"{me} requires {other} {rng}, found {other} {other_version}", rng
+    minimum = entry.get(f"min-{other}")
+    if minimum and parse_version(other_version) < parse_version(minimum):
+        return (f"{me} requires {other} >= {minimum}, found {other} {other_version}",
+                f">={minimum}")
+    wanted = entry.get(api_key)
+    if wanted and wanted != api:
+        return f"{me} speaks API {wanted}, the {other} side has {api}", wanted
+    return None
 
 
 def version_info() -> dict[str, str]:

@@ -124,37 +124,37 @@ def workflow_group() -> None:
     """Submit, watch, cancel and retry workflows."""
 
 
-@workflow_group.command("submit")
-@click.argument("file", type=click.Path(dir_okay=False))
-@wait_option
-@click.pass_obj
-def workflow_submit(app: AppContext, file: str, wait: bool) -> None:
-    """Validate FILE (TOML, JSON or Nickel) and submit it; print its id."""
-    _submit(app, file, kind="workflow", wait=wait)
+def _add_common_commands(group: click.Group, noun: str, plural: str, kind: str) -> None:
+    """submit, status, monitor and list: the same for `workflow` and `batch`
+    (a batch is a workflow of kind "batch"; `batch list` shows only those)."""
+    listed_kind = None if kind == "workflow" else kind
 
+    @group.command("submit", help=f"Validate FILE (TOML, JSON or Nickel) and submit it as a "
+                   f"{noun}; print its id.")
+    @click.argument("file", type=click.Path(dir_okay=False))
+    @wait_option
+    @click.pass_obj
+    def submit(app: AppContext, file: str, wait: bool) -> None:
+        _submit(app, file, kind=kind, wait=wait)
 
-@workflow_group.command("status")
-@click.argument("workflow_id")
-@click.pass_obj
-def workflow_status(app: AppContext, workflow_id: str) -> None:
-    """Show a workflow and every task's state."""
-    _status(app, workflow_id)
+    @group.command("status", help=f"Show a {noun} and every task's state.")
+    @click.argument(f"{noun}_id")
+    @click.pass_obj
+    def status(app: AppContext, **ids: str) -> None:
+        _status(app, ids[f"{noun}_id"])
 
+    @group.command("monitor", help=f"Follow a {noun} live; exit 0 if it succeeds, 1 if it "
+                   "fails or is cancelled.")
+    @click.argument(f"{noun}_id")
+    @click.pass_obj
+    def monitor(app: AppContext, **ids: str) -> None:
+        _monitor(app, ids[f"{noun}_id"])
 
-@workflow_group.command("monitor")
-@click.argument("workflow_id")
-@click.pass_obj
-def workflow_monitor(app: AppContext, workflow_id: str) -> None:
-    """Follow a workflow live; exit 0 if it succeeds, 1 if it fails or is cancelled."""
-    _monitor(app, workflow_id)
-
-
-@workflow_group.command("list")
-@status_option
-@click.pass_obj
-def workflow_list(app: AppContext, status: str | None) -> None:
-    """List workflows, newest first."""
-    _list(app, status, None)
+    @group.command("list", help=f"List {plural}, newest first.")
+    @status_option
+    @click.pass_obj
+    def list_(app: AppContext, status: str | None) -> None:
+        _list(app, status, listed_kind)
 
 
 @workflow_group.command("cancel")
@@ -276,34 +276,5 @@ def batch_group() -> None:
     """Batch workflows (same engine and API as `workflow`)."""
 
 
-@batch_group.command("submit")
-@click.argument("file", type=click.Path(dir_okay=False))
-@wait_option
-@click.pass_obj
-def batch_submit(app: AppContext, file: str, wait: bool) -> None:
-    """Validate FILE and submit it as a batch; print its id."""
-    _submit(app, file, kind="batch", wait=wait)
-
-
-@batch_group.command("status")
-@click.argument("batch_id")
-@click.pass_obj
-def batch_status(app: AppContext, batch_id: str) -> None:
-    """Show a batch and every task's state."""
-    _status(app, batch_id)
-
-
-@batch_group.command("monitor")
-@click.argument("batch_id")
-@click.pass_obj
-def batch_monitor(app: AppContext, batch_id: str) -> None:
-    """Follow a batch live; exit 0 if it succeeds, 1 if it fails or is cancelled."""
-    _monitor(app, batch_id)
-
-
-@batch_group.command("list")
-@status_option
-@click.pass_obj
-def batch_list(app: AppContext, status: str | None) -> None:
-    """List batches, newest first."""
-    _list(app, status, "batch")
+_add_common_commands(workflow_group, "workflow", "workflows", "workflow")
+_add_common_commands(batch_group, "batch", "batches", "batch")
