@@ -58,7 +58,11 @@ def _stop(app: AppContext) -> dict[str, Any]:
             "stopped": code == 0, "exit_code": code, "message": output}
 
 
-def _echo_start(info: dict[str, Any]) -> None:
+def _report_start(app: AppContext, info: dict[str, Any]) -> None:
+    """What `start` and `restart` print: the JSON document, or one line."""
+    if app.json_output:
+        app.emit_json(info)
+        return
     verb = "started" if info["started"] else "already running"
     click.echo(f"Orchestrator {verb} at {info['endpoint']} (pid {info['pid']}, "
                f"instance {info['instance_id']})")
@@ -73,11 +77,7 @@ def orchestrator_group() -> None:
 @click.pass_obj
 def start_cmd(app: AppContext) -> None:
     """Start the daemon in the background (a no-op when it already runs)."""
-    info = _start(app)
-    if app.json_output:
-        app.emit_json(info)
-    else:
-        _echo_start(info)
+    _report_start(app, _start(app))
 
 
 @orchestrator_group.command("stop")
@@ -100,11 +100,7 @@ def restart_cmd(app: AppContext) -> None:
     stopped = _stop(app)
     if stopped["was_running"] and not stopped["stopped"]:
         raise click.ClickException(f"stop failed: {stopped['message']}")
-    info = _start(app)
-    if app.json_output:
-        app.emit_json({**info, "was_running": stopped["was_running"]})
-    else:
-        _echo_start(info)
+    _report_start(app, {**_start(app), "was_running": stopped["was_running"]})
 
 
 @orchestrator_group.command("status")
