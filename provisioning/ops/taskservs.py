@@ -54,7 +54,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEF_FILE = "taskserv.toml"
-SCRIPT_SUFFIXES = (".py", ".nu", "")
+SCRIPT_SUFFIXES = ("", ".py", ".nu")  # the executable (sh) first
 SECTIONS = {"taskserv", "ports", "health", "templates", "defaults"}
 HEALTH_KEYS = {"type", "port", "path", "send", "expect", "timeout_s", "argv"}
 HEALTH_TYPES = ("tcp", "http", "command")
