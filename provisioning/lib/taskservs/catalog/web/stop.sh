@@ -1,9 +1,19 @@
-# Sourced by remove: stop_pidfile FILE WORD stops the process FILE names when its
-# command line holds WORD (a reused pid is left alone), polling up to 10 s, then KILL.
+# Sourced by remove/install: stop_pidfile FILE WORD stops the process FILE names
+# when its command line holds WORD (a reused pid is left alone): TERM, then
+# polling up to 10 s for it to end, then KILL. The pid file is removed.
+cmdline_of() {
+    if [ -r "/proc/$1/cmdline" ]; then
+        tr '\000' ' ' <"/proc/$1/cmdline"
+    else
+        ps -p "$1" -o args= 2>/dev/null
+    fi
+}
+
 stop_pidfile() {
-    [ -s "$1" ] || return 0
+    [ -s "$1" ] || { rm -f "$1"; return 0; }
     pid=$(cat "$1")
-    if ps -p "$pid" -o args= 2>/dev/null | grep -q -- "$2"; then
+    case $(cmdline_of "$pid") in
+    *"$2"*)
         kill "$pid" 2>/dev/null || true
         n=0
         while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do
@@ -11,6 +21,7 @@ stop_pidfile() {
             n=$((n + 1))
         done
         kill -9 "$pid" 2>/dev/null || true
-    fi
+        ;;
+    esac
     rm -f "$1"
 }
