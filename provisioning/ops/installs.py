@@ -20,6 +20,7 @@ cleanly: leftover processes of the failed attempt are stopped first.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from provisioning import procinfo
 from provisioning.errors import ProvisioningError
-from provisioning.ops import procs, providers, tscontext
+from provisioning.ops import procs, providers, redact, tscontext
 from provisioning.ops.infra import Infra
 from provisioning.ops.state import StateStore
 from provisioning.ops.taskservs import (
@@ -78,8 +79,14 @@ def taskserv_status(rec: dict[str, Any]) -> str:
     return status
 
 
+def _clean(text: str) -> str:
+    """Script output without the secret-by-name env values this op was given: it goes
+    into state records (an install's error) that the executor's redaction never sees."""
+    return redact.redact_text(text, redact.secret_values(os.environ))
+
+
 def _relay(report: Any, prefix: str, text: str) -> None:
-    for line in text.splitlines():
+    for line in _clean(text).splitlines():
         if line.strip() and not line.lstrip().startswith("{"):
             report.log(f"[{prefix}] {line}")
 
@@ -186,7 +193,8 @@ def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict
                 if ident:
                     record["processes"].append(ident)
         if proc.returncode != 0:
-            last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+            last = _clean(proc.stderr.strip() or proc.stdout.strip() or "no output"
+                          ).splitlines()[-1]
             raise ProvisioningError(f"install of {tdef.name} on {hostname} failed "
                                     f"(exit {proc.returncode}): {last}")
         record["status"] = "starting"
