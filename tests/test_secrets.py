@@ -14,13 +14,20 @@ import json
 import os
 import secrets
 import stat
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
+from provisioning.errors import ProvisioningError
+from provisioning.ops import installs, servers
+from provisioning.ops.infra import load_infra
 from provisioning.ops.redact import StreamRedactor, redact_config, secret_values
+from provisioning.ops.state import StateStore
 from tests.conftest import run_cli, wait_for
 from tests.daemon_fixture import start_daemon
+from tests.test_taskservs import Recorder
 
 
 def test_stream_redactor_finds_a_secret_split_between_reads_and_learns_declarations():
@@ -54,7 +61,19 @@ declared=$(cat "$DECLARED")
 echo "SECRET: $declared"
 echo "PROGRESS: 50 connecting with $declared"
 echo "stderr says $declared" >&2
+"$PY" -c "$POST" "$declared"
 printf 'RESULT: {"key": "%s"}\n' "$declared"
+"""
+
+POST = """
+import json, os, sys, urllib.request
+body = json.dumps({"progress": 70, "message": "posted " + sys.argv[1]}).encode()
+req = urllib.request.Request(
+    os.environ["PROVISIONING_ENDPOINT"] + "/tasks/" + os.environ["PROVISIONING_TASK_ID"]
+    + "/progress", data=body, method="POST", headers={
+        "Authorization": "Bearer " + os.environ["PROVISIONING_TASK_TOKEN"],
+        "Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
 """
 
 
@@ -72,8 +91,6 @@ def _all_files(root: Path) -> dict[Path, bytes]:
 
 
 def _task_processes(pidfile: Path) -> list[int]:
-    import psutil
-
     top = psutil.Process(int(pidfile.read_text()))
     return [top.pid, *(c.pid for c in top.children(recursive=True))]
 
@@ -86,6 +103,7 @@ def test_planted_secrets_are_nowhere(tmp_path, planted, isolated):
         spec = {"tasks": [{"id": "leaky", "op": "shell.run", "params": {
             "argv": ["sh", "-c", TASK],
             "env": {"PIDFILE": str(pidfile), "GO": str(go), "CREDS": str(tmp_path / "creds"),
+                    "PY": sys.executable, "POST": POST,
                     "DECLARED": str(tmp_path / "declared")}}}]}
         status, body = d.request("POST", "/workflows", spec)
         assert status == 202, body
@@ -117,6 +135,7 @@ def test_planted_secrets_are_nowhere(tmp_path, planted, isolated):
         text = "\n".join(a if isinstance(a, str) else json.dumps(a) for a in answers)
         assert "aws key: ***" in text and "my token: ***" in text  # the lines are there
         assert "connecting with ***" in text and '"key": "***"' in text
+        assert "posted ***" in text  # a progress message the task POSTed
         env = {**d.env, "PROVISIONING_ORCHESTRATOR_ENDPOINT":
                f"http://admin:{planted['url']}@localhost:{d.port}"}
         shown = run_cli("--config", str(d.config_file), "config", "show", env=env)
@@ -132,3 +151,29 @@ def test_planted_secrets_are_nowhere(tmp_path, planted, isolated):
         assert value not in text, f"{name} in an API answer or config show"
         leaks = [str(p) for p, content in files.items() if value.encode() in content]
         assert not leaks, f"{name} found in {leaks}"
+
+
+def test_a_failing_install_keeps_env_secrets_out_of_its_state_record(tmp_path, monkeypatch):
+    secret = "pw-" + secrets.token_hex(8)
+    monkeypatch.setenv("DEPLOY_PASSWORD", secret)  # what the op process was given
+    (tmp_path / "creds").write_text(secret)
+    ws = tmp_path / "ws"
+    ts = ws / "taskservs" / "leaky"
+    ts.mkdir(parents=True)
+    (ts / "taskserv.toml").write_text(f'[defaults]\ncreds = "{tmp_path / "creds"}"\n')
+    (ts / "install").write_text('#!/bin/sh\necho "login with $(cat "$PROVISIONING_VALUE_CREDS")"\n'
+                                'echo "refused: $(cat "$PROVISIONING_VALUE_CREDS")" >&2\nexit 3\n')
+    (ts / "install").chmod(0o755)
+    (ws / "infra" / "x").mkdir(parents=True)
+    (ws / "infra" / "x" / "settings.toml").write_text(
+        '[infra]\nname = "x"\nprovider = "local"\n[[servers]]\nhostname = "h1"\n'
+        'taskservs = ["leaky"]\n')
+    infra = load_infra(ws / "infra" / "x")
+    r = Recorder()
+    servers.create(infra, "h1", r)
+    with pytest.raises(ProvisioningError, match=r"failed \(exit 3\): refused: \*\*\*") as e:
+        installs.install(infra, "h1", "leaky", r)
+    record = StateStore().taskserv("x", "h1", "leaky")
+    assert record["status"] == "failed"
+    assert secret not in json.dumps(record) and secret not in e.value.message
+    assert "[leaky install] login with ***" in r.lines and secret not in "\n".join(r.lines)

@@ -87,6 +87,10 @@ class TaskProcess:
             except OSError:  # full: the loop is awake anyway
                 pass
 
+    def redact(self, text: str) -> str:
+        """`text` without the secrets this task's output is redacted of (any thread)."""
+        return self._redactor.redact(text)
+
     def run(self) -> TaskOutcome:
         outcome = TaskOutcome(started_at=time.time())
         with self._lock:

@@ -73,8 +73,16 @@ class StreamRedactor:
     def add(self, value: str | bytes) -> None:
         b = value.encode() if isinstance(value, str) else value
         if len(b) >= MIN_LEN and b not in self._values:
-            self._values.append(b)
-            self._values.sort(key=len, reverse=True)
+            # a new list, bound at once: redact() may read it from another thread
+            self._values = sorted([*self._values, b], key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """Text from elsewhere about this task (a progress message it POSTed)."""
+        for v in self._values:
+            s = v.decode(errors="replace")
+            if s in text:
+                text = text.replace(s, MASK)
+        return text
 
     def feed(self, chunk: bytes) -> bytes:
         """The redacted complete lines so far; an unterminated tail is held back."""
