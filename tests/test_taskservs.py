@@ -165,15 +165,17 @@ def test_template_with_unknown_value_is_a_precise_error(workspace, reap_services
     tdir = workspace / "taskservs" / "page"
     (tdir / "templates").mkdir(parents=True)
     (tdir / "taskserv.toml").write_text('[templates]\n"p.txt" = "srv/p.txt"\n')
-    (tdir / "templates" / "p.txt").write_text("host $hostname owner $setting_owner $nosuch\n")
+    (tdir / "templates" / "p.txt").write_text("host {{ hostname }}\n"
+                                              "owner {{ settings.owner }} {{ nosuch }}\n")
     settings = workspace / "infra" / "demo" / "settings.toml"
     settings.write_text(settings.read_text().replace('taskservs = ["kvstore"]',
                                                      'taskservs = ["page"]'))
     infra = load_infra(workspace / "infra" / "demo")
     servers.create(infra, "db-1", Recorder())
-    with pytest.raises(ValidationError, match=r"p.txt: unknown template value \$\{nosuch\}"):
+    with pytest.raises(ValidationError, match=r"p.txt:2: undefined template value: "
+                                              "'nosuch' is undefined"):
         installs.install(infra, "db-1", "page", Recorder())
-    (tdir / "templates" / "p.txt").write_text("host $hostname owner $setting_owner\n")
+    (tdir / "templates" / "p.txt").write_text("host {{ hostname }} owner {{ setting_owner }}\n")
     installs.install(infra, "db-1", "page", Recorder())
     root = Path(StateStore().server("demo", "db-1")["root"])
     assert (root / "srv" / "p.txt").read_text() == "host db-1 owner platform-team\n"

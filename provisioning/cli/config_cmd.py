@@ -12,6 +12,7 @@ from provisioning.cli.context import AppContext
 from provisioning.config import validate_file
 from provisioning.engine.loader import load_workflow_file
 from provisioning.ops.infra import load_infra
+from provisioning.ops.redact import redact_config
 from provisioning.ops.registry import OpRegistry
 
 
@@ -25,7 +26,7 @@ def config_group() -> None:
 def show(app: AppContext) -> None:
     """Print the merged configuration and where each value came from."""
     cfg = app.config
-    merged = cfg.as_dict()
+    merged = redact_config(cfg.as_dict())  # secret-by-name keys, URL passwords: ***
     if app.json_output:
         app.emit_json({
             "config": merged,

@@ -257,6 +257,10 @@ class Engine:
             flow, task = self._task(key)
             if task["status"] != TaskStatus.RUNNING:
                 raise Conflict(f"task {key} is {task['status']}, not running")
+            handle = self.scheduler.running.get(key)
+            if handle is not None:  # the same secrets as its output (ops/redact.py)
+                message = handle.process.redact(message) if message else message
+                status = handle.process.redact(status) if status else status
             self.transitions.set_progress(flow, task, progress, message or status)
             return views.task_view(task, self.scheduler.live_pid(task))
 

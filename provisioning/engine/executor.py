@@ -5,6 +5,9 @@
 - its own session (process group), so the whole group can be signalled;
 - stdout+stderr drained continuously into the task log (no 64 KB pipe
   deadlock), `PROGRESS: n [msg]` parsed live, the last `RESULT: <json>` kept;
+- known secret values redacted from that output before the log, the progress
+  events or the result see it (provisioning.ops.redact: secret-by-name env
+  values, `SECRET: <value>` lines);
   the log file is made at the first output (or note of ours): a task that
   prints nothing costs no file (creating one was ~15% of the per-task cost
   of a trivial task on ext4), its exit is in its record all the same;
@@ -37,6 +40,7 @@ from provisioning.engine.proctree import kill_tree, marked_processes, signal_qui
 from provisioning.engine.protocol import LineParser
 from provisioning.engine.tasklog import TaskLog
 from provisioning.engine.taskrun import KEPT_ENV, TaskOutcome, TaskRun, clean_env
+from provisioning.ops.redact import StreamRedactor, secret_values
 from provisioning.ops.registry import python_script
 
 if TYPE_CHECKING:
@@ -68,6 +72,8 @@ class TaskProcess:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        # the task's secret-by-name env values (and the daemon's), plus what it declares
+        self._redactor = StreamRedactor(secret_values(run.env, os.environ))
 
     def stop(self, reason: str) -> None:
         """Ask the run loop to kill the tree (cancel/shutdown). Never blocks."""
@@ -80,6 +86,10 @@ class TaskProcess:
                 os.write(self._wake_w, b"x")
             except OSError:  # full: the loop is awake anyway
                 pass
+
+    def redact(self, text: str) -> str:
+        """`text` without the secrets this task's output is redacted of (any thread)."""
+        return self._redactor.redact(text)
 
     def run(self) -> TaskOutcome:
         outcome = TaskOutcome(started_at=time.time())
@@ -217,6 +227,15 @@ class TaskProcess:
                     phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
         finally:
             sel.close()
+        self._finish(child, log, outcome, parser, phase)
+
+    def _finish(self, child: Child, log: TaskLog, outcome: TaskOutcome, parser: LineParser,
+                phase: str) -> None:
+        """The output has ended (or was given up): its last line, the result, leftovers."""
+        tail = self._redactor.flush()
+        if tail:
+            log.write(tail)
+            parser.feed(tail)
         parser.close()
         outcome.result = parser.result
         if parser.result_error:
@@ -281,8 +300,10 @@ class TaskProcess:
                 return False
             if not chunk:
                 return False
-            log.write(chunk)
-            parser.feed(chunk)
+            clean = self._redactor.feed(chunk)  # known secrets out before anything sees it
+            if clean:
+                log.write(clean)
+                parser.feed(clean)
             if len(chunk) < READ_CHUNK:
                 return True
 

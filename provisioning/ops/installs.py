@@ -1,17 +1,26 @@
 """Install and remove taskservs on a server, through its provider.
 
-Install: copy the taskserv folder to `opt/taskservs/<name>/` on the server,
-render its templates, run its install script there (context JSON on stdin),
-record the service processes it reports (last stdout line
-`{"pids": [...]}`), then wait for its health check. Every step is recorded
-in the taskserv's state record, so a failed install is visible in
-`taskserv list` and a re-run (`workflow retry`) starts it over cleanly:
-leftover processes of the failed attempt are stopped first.
+The taskserv contract (DESIGN.md 12, docs/taskservs.md) is the same for
+every provider: render the templates here (Jinja2, with the context of
+provisioning.ops.tscontext), copy the taskserv folder to
+`<root>/opt/provisioning/taskservs/<name>/` and the rendered files to their
+places through the provider's `copy_file`, then run `install` there through
+the provider's `run` (context JSON on stdin, PROVISIONING_* env), then wait
+for its health check (`tcp`/`http` from here to the server's address, or
+`command` run on the server). A script may print a last line
+`{"pids": [...]}`: on a provider whose servers are this machine (`local`)
+those processes are recorded (identity = pid + create time) and stopped at
+removal; on a real host its own `remove` script stops what it started.
+
+Every step is recorded in the taskserv's state record, so a failed install
+is visible in `taskserv list` and a re-run (`workflow retry`) starts it over
+cleanly: leftover processes of the failed attempt are stopped first.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,22 +28,29 @@ from typing import Any
 
 from provisioning import procinfo
 from provisioning.errors import ProvisioningError
-from provisioning.ops import procs, providers
+from provisioning.ops import procs, providers, redact, tscontext
 from provisioning.ops.infra import Infra
 from provisioning.ops.state import StateStore
 from provisioning.ops.taskservs import (
+    SCRIPT_SUFFIXES,
+    deploy_dir,
     effective_ports,
     render_template,
     script_argv,
-    template_values,
 )
+from provisioning.polling import wait_until
 
 INSTALL_TIMEOUT_S = 300
 DEFAULT_HEALTH_TIMEOUT_S = 20
 
 
-def _deploy_dir(name: str) -> str:
-    return f"opt/taskservs/{name}"
+def _same_machine(provider: Any) -> bool:
+    """Are the provider's servers this machine (their pids are ours to watch)?"""
+    return provider is not None and provider.name == "local"
+
+
+def _host_python(provider: Any) -> str:
+    return getattr(provider, "host_python", "python3")  # local: the tool's own interpreter
 
 
 def _pids_from(stdout: str) -> list[int]:
@@ -63,8 +79,14 @@ def taskserv_status(rec: dict[str, Any]) -> str:
     return status
 
 
+def _clean(text: str) -> str:
+    """Script output without the secret-by-name env values this op was given: it goes
+    into state records (an install's error) that the executor's redaction never sees."""
+    return redact.redact_text(text, redact.secret_values(os.environ))
+
+
 def _relay(report: Any, prefix: str, text: str) -> None:
-    for line in text.splitlines():
+    for line in _clean(text).splitlines():
         if line.strip() and not line.lstrip().startswith("{"):
             report.log(f"[{prefix}] {line}")
 
@@ -85,7 +107,7 @@ def install(infra: Infra, hostname: str, name: str, report: Any, *,
 
         existing = state.taskserv(infra.name, hostname, name)
         if existing and taskserv_status(existing) == "running":
-            ok, detail = _health(tdef.health, server, existing.get("ports", {}), deadline=5)
+            ok, detail = _health(tdef, server, existing.get("ports", {}), provider, deadline=5)
             if ok:
                 message = f"taskserv {name} is already running on {hostname}; nothing to do"
                 report.progress(100, message)
@@ -144,44 +166,35 @@ def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict
                     required_ports: dict[str, dict[str, int]], provider: Any,
                     record: dict[str, Any], report: Any, state: StateStore) -> None:
     hostname = server["hostname"]
-    deploy = _deploy_dir(tdef.name)
-    report.progress(15, f"copying {tdef.name} to {hostname}")
-    for f in sorted(tdef.dir.rglob("*")):
-        if f.is_file() and "__pycache__" not in f.parts:
-            rel = f.relative_to(tdef.dir).as_posix()
-            mode = 0o700 if rel.split(".")[0] in ("install", "remove") else 0o600
-            provider.copy_file(hostname, f, f"{deploy}/{rel}", mode=mode)
-    record["files"] = [deploy]
-
-    values = template_values(infra=infra, server=server, tdef=tdef, ports=ports,
-                             required_ports=required_ports)
-    report.progress(30, f"rendering {len(tdef.templates)} template(s)")
+    ctx = tscontext.build(infra=infra, server=server, tdef=tdef, ports=ports,
+                          required_ports=required_ports, provider=provider, state=state)
+    report.progress(15, f"rendering {len(tdef.templates)} template(s) of {tdef.name}")
     with tempfile.TemporaryDirectory(prefix="provisioning-render-") as tmp:
-        for src, dest in tdef.templates.items():
-            out = Path(tmp) / Path(src).name
-            out.write_text(render_template(tdef, src, values), encoding="utf-8")
+        rendered = []
+        for n, (src, dest) in enumerate(sorted(tdef.templates.items())):
+            out = Path(tmp) / f"{n}-{Path(src).name}"
+            out.write_text(render_template(tdef, src, ctx), encoding="utf-8")
+            rendered.append((out, dest))
+        report.progress(30, f"copying {tdef.name} to {hostname}")
+        _copy_folder(tdef, provider, hostname, record)
+        for out, dest in rendered:
             provider.copy_file(hostname, out, dest)
             record["files"].append(dest)
     state.save_taskserv(infra.name, hostname, record)
 
-    script = tdef.script("install")
-    if script is not None:
+    if tdef.script("install") is not None:
         report.progress(50, f"running install of {tdef.name} on {hostname}")
-        context = {"hostname": hostname, "address": server["address"], "root": server["root"],
-                   "infra": infra.name, "taskserv": tdef.name, "ports": ports,
-                   "required_ports": required_ports, "values": values,
-                   "dir": f"{server['root']}/{deploy}"}
-        argv = script_argv(Path(deploy) / script.name)
-        proc = provider.run(hostname, argv, input=json.dumps(context),
-                            timeout=INSTALL_TIMEOUT_S)
+        proc = _run_script(provider, tdef, "install", ctx)
         _relay(report, f"{tdef.name} install", proc.stdout)
         _relay(report, f"{tdef.name} install", proc.stderr)
-        for pid in _pids_from(proc.stdout):
-            ident = procinfo.identity(pid)
-            if ident:
-                record["processes"].append(ident)
+        if _same_machine(provider):
+            for pid in _pids_from(proc.stdout):
+                ident = procinfo.identity(pid)
+                if ident:
+                    record["processes"].append(ident)
         if proc.returncode != 0:
-            last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+            last = _clean(proc.stderr.strip() or proc.stdout.strip() or "no output"
+                          ).splitlines()[-1]
             raise ProvisioningError(f"install of {tdef.name} on {hostname} failed "
                                     f"(exit {proc.returncode}): {last}")
         record["status"] = "starting"
@@ -190,20 +203,76 @@ def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict
     if tdef.health:
         report.progress(75, f"waiting for {tdef.name} on {hostname} to be healthy")
         deadline = float(tdef.health.get("timeout_s", DEFAULT_HEALTH_TIMEOUT_S))
-        ok, detail = _health(tdef.health, server, ports, deadline=deadline)
+        ok, detail = _health(tdef, server, ports, provider, deadline=deadline)
         report.log(f"health {tdef.name}@{hostname}: {detail}")
         if not ok:
             raise ProvisioningError(f"taskserv {tdef.name} on {hostname} is not healthy "
                                     f"after {deadline:g}s: {detail}")
 
 
-def _health(health: dict[str, Any] | None, server: dict[str, Any], ports: dict[str, int],
+def _copy_folder(tdef: Any, provider: Any, hostname: str, record: dict[str, Any]) -> None:
+    """The taskserv folder to <root>/opt/provisioning/taskservs/<name>/ (scripts 0700)."""
+    rel, _ = deploy_dir("/", tdef.name)
+    for f in sorted(tdef.dir.rglob("*")):
+        if f.is_file() and "__pycache__" not in f.parts:
+            name = f.relative_to(tdef.dir).as_posix()
+            executable = name.split(".")[0] in ("install", "remove", "check") or bool(
+                f.stat().st_mode & 0o100)
+            provider.copy_file(hostname, f, f"{rel}/{name}",
+                               mode=0o700 if executable else 0o600)
+    record["files"] = [rel]
+
+
+def _run_script(provider: Any, tdef: Any, kind: str, ctx: dict[str, Any],
+                argv: list[str] | None = None, timeout: float = INSTALL_TIMEOUT_S) -> Any:
+    """Run a script of the taskserv (or `argv`) on the server with its context."""
+    python = _host_python(provider)
+    if argv is None:
+        script = tdef.script(kind) if tdef is not None else None
+        name = script.name if script is not None else kind
+        argv = script_argv(f"{ctx['dir']}/{name}", python=python)
+    return provider.run(ctx["hostname"], argv, input=json.dumps(tscontext.script_context(ctx)),
+                        env=tscontext.script_env(ctx, python=python), timeout=timeout)
+
+
+def _health(tdef: Any, server: dict[str, Any], ports: dict[str, int], provider: Any,
             *, deadline: float) -> tuple[bool, str]:
+    health = tdef.health
     if not health:
         return True, "no health check declared"
-    return procs.wait_healthy(health["type"], server["address"], ports[health["port"]],
-                              deadline_s=deadline, path=health.get("path", "/"),
-                              send=health.get("send", ""), expect=health.get("expect", ""))
+    if health["type"] != "command":
+        return procs.wait_healthy(health["type"], server["address"], ports[health["port"]],
+                                  deadline_s=deadline, path=health.get("path", "/"),
+                                  send=health.get("send", ""), expect=health.get("expect", ""))
+    ctx = _remove_context(server, tdef.name, {"ports": ports})
+    argv = health.get("argv")
+    if argv and (tdef.dir / argv[0]).is_file():  # a file of the taskserv: its deployed copy
+        argv = [f"{ctx['dir']}/{argv[0]}", *argv[1:]]
+    last: list[tuple[bool, str]] = []
+
+    def healthy() -> bool:
+        try:
+            proc = _run_script(provider, tdef, "check", ctx, argv=argv, timeout=30)
+        except ProvisioningError as e:
+            last[:] = [(False, e.message)]
+            return False
+        said = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or [""]
+        ok = proc.returncode == 0 and health.get("expect", "") in proc.stdout
+        last[:] = [(ok, f"check exited {proc.returncode}: {said[0]}")]
+        return ok
+
+    wait_until(healthy, deadline, first_delay=0.05, max_delay=1.0)
+    return last[0]
+
+
+def _remove_context(server: dict[str, Any], name: str, record: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """What remove/check scripts get: the server and the recorded ports (no infra at hand)."""
+    root = server.get("root") or "/"
+    return {"hostname": server["hostname"], "address": server.get("address", ""),
+            "root": root, "dir": deploy_dir(root, name)[1], "infra": server.get("infra", ""),
+            "provider": server.get("provider", ""), "taskserv": name,
+            "ports": record.get("ports", {}), "required_ports": {}, "values": {}}
 
 
 def remove(infra_name: str, hostname: str, name: str, report: Any, *, provider: Any,
@@ -230,22 +299,8 @@ def remove_locked(infra_name: str, hostname: str, name: str, report: Any, *, pro
                                     f"{', '.join(users)}", hint="remove those first")
     exists = provider is not None and provider.status(hostname) != "missing"
     if exists and record.get("source"):
-        for suffix in (".py", ".nu", ""):
-            deployed = f"{_deploy_dir(name)}/remove{suffix}"
-            if (Path(record.get("source")) / f"remove{suffix}").is_file():
-                try:
-                    proc = provider.run(hostname, script_argv(Path(deployed)),
-                                        input=json.dumps({"hostname": hostname, "taskserv": name,
-                                                          "ports": record.get("ports", {})}),
-                                        timeout=INSTALL_TIMEOUT_S)
-                    _relay(report, f"{name} remove", proc.stdout + proc.stderr)
-                    failed = f"exited {proc.returncode}" if proc.returncode else ""
-                except ProvisioningError as e:
-                    failed = e.message
-                if failed:
-                    report.log(f"warning: remove script of {name}: {failed}; "
-                               "stopping its processes anyway")
-                break
+        _run_remove(provider, state.server(infra_name, hostname) or {"hostname": hostname},
+                    name, record, report)
     stopped = sum(1 for p in record.get("processes", []) if procs.stop(p))
     if exists:
         for f in record.get("files", []):
@@ -254,3 +309,23 @@ def remove_locked(infra_name: str, hostname: str, name: str, report: Any, *, pro
     message = f"taskserv {name} removed from {hostname} ({stopped} process(es) stopped)"
     report.log(message)
     return {"taskserv": name, "hostname": hostname, "changed": True, "message": message}
+
+
+def _run_remove(provider: Any, server: dict[str, Any], name: str, record: dict[str, Any],
+                report: Any) -> None:
+    """The taskserv's deployed `remove` script, if it has one; failures are warnings."""
+    for suffix in SCRIPT_SUFFIXES:
+        if not (Path(record["source"]) / f"remove{suffix}").is_file():
+            continue
+        ctx = _remove_context(server, name, record)
+        argv = script_argv(f"{ctx['dir']}/remove{suffix}", python=_host_python(provider))
+        try:
+            proc = _run_script(provider, None, "remove", ctx, argv=argv)
+            _relay(report, f"{name} remove", proc.stdout + proc.stderr)
+            failed = f"exited {proc.returncode}" if proc.returncode else ""
+        except ProvisioningError as e:
+            failed = e.message
+        if failed:
+            report.log(f"warning: remove script of {name}: {failed}; "
+                       "stopping its processes anyway")
+        return

@@ -1,9 +1,11 @@
 """Taskserv definitions: where they are found, what they declare, their order.
 
 A taskserv is a folder `<name>/` holding `taskserv.toml`, an `install`
-script (`install.py`, `install.nu` or an executable `install`), optionally a
-`remove` script and a `templates/` folder. Folders are looked up, first hit
-wins, in:
+executable that runs ON the server (POSIX sh is the norm: a host needs no
+Python; `install.py` runs with the host's python3, `install.nu` with nu),
+optionally `remove` and `check` the same way, and a `templates/` folder
+(Jinja2, provisioning.ops.templates). docs/taskservs.md explains how to
+write one. Folders are looked up, first hit wins, in:
 
   1. the workspace:        <workspace>/taskservs/<name>/
   2. each extension dir:   <lib>/taskservs/catalog/<name>/  (PROVISIONING_LIB, executor.lib_dirs)
@@ -20,9 +22,10 @@ taskserv.toml:
   [ports]                       # name -> port (the provider may offset it)
   http = 18080
   [health]                      # checked after install
-  type = "http"                 # http | tcp
-  port = "http"                 # a name from [ports]
+  type = "http"                 # http | tcp (from the orchestrator to the address) | command
+  port = "http"                 # a name from [ports] (http, tcp)
   path = "/"                    # http only
+  argv = ["check"]              # command only: run on the server (default: the `check` script)
   send = "PING\\n"              # tcp only: bytes to send ...
   expect = "PONG"               # ... and a substring the reply (or page) must hold
   timeout_s = 20
@@ -35,7 +38,7 @@ taskserv.toml:
 from __future__ import annotations
 
 import os
-import string
+import posixpath
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +54,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEF_FILE = "taskserv.toml"
-SCRIPT_SUFFIXES = (".py", ".nu", "")
+SCRIPT_SUFFIXES = ("", ".py", ".nu")  # the executable (sh) first
 SECTIONS = {"taskserv", "ports", "health", "templates", "defaults"}
-HEALTH_KEYS = {"type", "port", "path", "send", "expect", "timeout_s"}
+HEALTH_KEYS = {"type", "port", "path", "send", "expect", "timeout_s", "argv"}
+HEALTH_TYPES = ("tcp", "http", "command")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,7 @@ class TaskservDef:
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def script(self, kind: str) -> Path | None:
-        """The `install` or `remove` script, if any."""
+        """The `install`, `remove` or `check` script, if any."""
         for suffix in SCRIPT_SUFFIXES:
             p = self.dir / f"{kind}{suffix}"
             if p.is_file():
@@ -105,9 +109,21 @@ def _parse_def(name: str, directory: Path) -> TaskservDef:
             if key not in HEALTH_KEYS:
                 raise ValidationError(f"{file}: health.{key}: unknown key",
                                       hint=f"known keys: {', '.join(sorted(HEALTH_KEYS))}")
-        if health.get("type") not in ("tcp", "http"):
-            raise ValidationError(f"{file}: health.type must be 'tcp' or 'http'")
-        if health.get("port") not in ports:
+        kind = health.get("type")
+        if kind not in HEALTH_TYPES:
+            raise ValidationError(f"{file}: health.type must be one of "
+                                  f"{', '.join(HEALTH_TYPES)}, got {kind!r}")
+        if kind == "command":
+            argv = health.get("argv")
+            if argv is None and not any((directory / f"check{s}").is_file()
+                                        for s in SCRIPT_SUFFIXES):
+                raise ValidationError(f"{file}: health.type = 'command' needs health.argv "
+                                      "or a `check` script in the taskserv folder")
+            if argv is not None and (not isinstance(argv, list) or not argv
+                                     or not all(isinstance(a, str) for a in argv)):
+                raise ValidationError(f"{file}: health.argv must be a non-empty list of "
+                                      "strings")
+        elif health.get("port") not in ports:
             raise ValidationError(f"{file}: health.port must name one of [ports] "
                                   f"({', '.join(ports) or 'none declared'})")
     templates = data.get("templates", {})
@@ -233,21 +249,25 @@ def template_values(*, infra: Any, server: dict[str, Any], tdef: TaskservDef,
     return values
 
 
-def render_template(tdef: TaskservDef, src: str, values: dict[str, str]) -> str:
-    path = tdef.dir / "templates" / src
-    try:
-        return string.Template(path.read_text(encoding="utf-8")).substitute(values)
-    except KeyError as e:
-        raise ValidationError(f"{path}: unknown template value ${{{e.args[0]}}}",
-                              hint=f"known: {', '.join(sorted(values))}") from None
-    except ValueError as e:
-        raise ValidationError(f"{path}: bad template: {e} (write $$ for a literal $)") from None
+def render_template(tdef: TaskservDef, src: str, context: dict[str, Any]) -> str:
+    """Render templates/<src> with Jinja2 (provisioning.ops.templates)."""
+    # lazy: Jinja2 is loaded by the task process that renders, never on CLI start-up
+    from provisioning.ops import templates
+
+    return templates.render(tdef.dir / "templates", src, context)
 
 
-def script_argv(script: Path) -> list[str]:
-    """How to run an install/remove script: Python, Nushell, or an executable."""
-    if script.suffix == ".py":
-        return [sys.executable, str(script)]
-    if script.suffix == ".nu":
-        return [os.environ.get("PROVISIONING_EXECUTOR_NUSHELL_BINARY", "nu"), str(script)]
-    return [str(script)]
+def script_argv(script: str, *, python: str = "python3") -> list[str]:
+    """How the server runs an install/remove/check script given by its path there:
+    Python (`python`, the host's interpreter), Nushell, or an executable."""
+    if script.endswith(".py"):
+        return [python, script]
+    if script.endswith(".nu"):
+        return [os.environ.get("PROVISIONING_EXECUTOR_NUSHELL_BINARY", "nu"), script]
+    return [script]
+
+
+def deploy_dir(root: str, name: str) -> tuple[str, str]:
+    """Where a taskserv's folder goes on a server: (relative to its root, absolute)."""
+    rel = f"opt/provisioning/taskservs/{name}"
+    return rel, posixpath.join(root or "/", rel)

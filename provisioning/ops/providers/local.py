@@ -39,6 +39,7 @@ OFFSET_SLOTS = 2000  # offsets 0..19990: declared ports stay below 65536 for por
 
 class LocalProvider(Provider):
     name = "local"
+    host_python = sys.executable  # a taskserv's python3 here: the tool's own interpreter
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:

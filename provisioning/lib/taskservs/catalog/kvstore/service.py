@@ -3,6 +3,9 @@
 Commands (one per line): PING -> PONG; GET k -> value or NIL; SET k v -> OK;
 INCR k -> new integer; DEL k -> 1 or 0; KEYS -> space-separated keys.
 Every write is persisted to the data file atomically.
+
+Run by `install` (POSIX sh) with --detach: the port is bound before the
+service forks, so a busy port fails the install itself.
 """
 import argparse
 import json
@@ -68,6 +71,26 @@ class Handler(socketserver.StreamRequestHandler):
             self.wfile.write((reply + "\n").encode())
 
 
+def detach(server, pidfile, log):
+    """Serve in the background: bound already (a busy port failed the install), own
+    session, output to the log, the child's pid in `pidfile`; the caller returns."""
+    pid = os.fork()
+    if pid:
+        tmp = pidfile + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.replace(tmp, pidfile)
+        os._exit(0)
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -78,9 +101,14 @@ def main():
     ap.add_argument("--host", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--data", required=True)
+    ap.add_argument("--detach", action="store_true")
+    ap.add_argument("--pidfile")
+    ap.add_argument("--log", default=os.devnull)
     args = ap.parse_args()
     server = Server((args.host, args.port), Handler)
     server.store = Store(args.data)
+    if args.detach:
+        detach(server, args.pidfile, args.log)
     print(f"kvstore serving on {args.host}:{args.port}", flush=True)
     server.serve_forever()
 

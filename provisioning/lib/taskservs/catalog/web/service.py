@@ -1,7 +1,14 @@
-"""web: static files from --docroot, plus /visits (a counter kept in kvstore)."""
+"""web: static files from --docroot, plus /visits (a counter kept in kvstore).
+
+Run by `install` (POSIX sh) with --detach: it first records itself in kvstore
+(`SET web:installed <hostname>`: web really uses what it requires), binds its
+port, then forks; any failure before that fails the install.
+"""
 import argparse
 import functools
+import os
 import socket
+import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -32,6 +39,36 @@ class Handler(SimpleHTTPRequestHandler):
             return f"kvstore unavailable ({e})"
 
 
+def detach(server, pidfile, log):
+    """Serve in the background: bound already (a busy port failed the install), own
+    session, output to the log, the child's pid in `pidfile`; the caller returns."""
+    pid = os.fork()
+    if pid:
+        tmp = pidfile + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.replace(tmp, pidfile)
+        os._exit(0)
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.close(null)
+
+
+def mark_installed(kv, hostname):
+    try:
+        with socket.create_connection(kv, timeout=5) as s:
+            s.sendall(f"SET web:installed {hostname}\n".encode())
+            if not s.recv(64).startswith(b"OK"):
+                raise OSError("kvstore did not answer OK")
+    except OSError as e:
+        sys.exit(f"kvstore at {kv[0]}:{kv[1]} is not reachable: {e}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", required=True)
@@ -39,12 +76,19 @@ def main():
     ap.add_argument("--docroot", required=True)
     ap.add_argument("--kv-port", type=int, required=True)
     ap.add_argument("--hostname", default="")
+    ap.add_argument("--detach", action="store_true")
+    ap.add_argument("--pidfile")
+    ap.add_argument("--log", default=os.devnull)
     args = ap.parse_args()
     Handler.kv = (args.host, args.kv_port)
     Handler.hostname = args.hostname
+    if args.detach:
+        mark_installed(Handler.kv, args.hostname)
     handler = functools.partial(Handler, directory=args.docroot)
     server = ThreadingHTTPServer((args.host, args.port), handler)
     server.daemon_threads = True
+    if args.detach:
+        detach(server, args.pidfile, args.log)
     print(f"web serving {args.docroot} on http://{args.host}:{args.port}/", flush=True)
     server.serve_forever()
 
