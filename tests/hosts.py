@@ -104,13 +104,22 @@ class TestHost:
     def pause(self) -> None:
         """Stop answering (SIGSTOP): connections hang as with a dead host."""
         assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
         self.paused = True
 
     def resume(self) -> None:
         if self.proc is not None and self.paused:
-            os.kill(self.proc.pid, signal.SIGCONT)
+            self._signal_all(signal.SIGCONT)
         self.paused = False
+
+    def _signal_all(self, sig: int) -> None:
+        """sshd and its sessions (an open master connection stalls too)."""
+        try:
+            main = psutil.Process(self.proc.pid)
+            for p in [main, *main.children(recursive=True)]:
+                p.send_signal(sig)
+        except psutil.Error:
+            pass
 
     def listening(self) -> bool:
         return "Server listening on" in self.log.read_text(errors="replace") \
@@ -133,7 +142,13 @@ class TestHost:
             psutil.wait_procs(procs, timeout=5)
             self.proc.wait(timeout=5)
             self.proc = None
-        if self.netns:
+        if self.netns:  # what sessions left running inside (services a test started)
+            pids = _ip("netns", "pids", self.netns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
             _ip("netns", "del", self.netns, check=False)
             self.netns = None
         if self.link:
