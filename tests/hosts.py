@@ -142,6 +142,12 @@ class TestHost:
             psutil.wait_procs(procs, timeout=5)
             self.proc.wait(timeout=5)
             self.proc = None
+        for p in psutil.process_iter(["cwd"]):  # services a test started in the host's root
+            try:
+                if p.info["cwd"] and p.info["cwd"].startswith(f"{self.dir}/"):
+                    p.kill()
+            except psutil.Error:
+                pass
         if self.netns:  # what sessions left running inside (services a test started)
             pids = _ip("netns", "pids", self.netns, check=False).stdout.split()
             for pid in pids:

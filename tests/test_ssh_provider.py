@@ -9,13 +9,14 @@ import re
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 from provisioning.errors import ValidationError
 from provisioning.ops.infra import ServerDef, load_infra
 from provisioning.ops.providers.ssh import SshProvider
 from provisioning.ops.state import StateStore
-from provisioning.transport import close_masters
+from provisioning.transport import close_masters, control_dir
 from tests.conftest import run_cli
 from tests.hosts import ssh_hosts  # noqa: F401 - the fixture
 
@@ -135,6 +136,21 @@ def test_adopt_run_copy_and_forget(ssh_hosts, tmp_path, isolated):  # noqa: F811
         close_masters(state.data_dir)
 
 
+def assert_no_masters(data: Path) -> None:
+    cm = control_dir(data)
+    assert not (cm.exists() and list(cm.iterdir())), list(cm.iterdir())
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(f"ControlPath={cm}" in a for a in p.info["cmdline"] or []):
+                left.append(p)
+        except psutil.Error:
+            pass
+    for p in left:
+        p.kill()
+    assert not left, "master connections left running"
+
+
 def _views(common) -> dict:
     r = run_cli(*common, "server", "list", "--json")
     assert r.returncode == 0, r.stderr
@@ -203,5 +219,37 @@ def test_cluster_on_three_hosts_through_the_daemon(ssh_hosts, tmp_path, isolated
         for h in hosts:
             h.resume()
         d.stop()
-    masters = [h for h in hosts if list(Path(d.data_dir).glob("ssh/cm/*"))]
-    assert not masters, "the daemon left master connections behind"
+    assert_no_masters(Path(d.data_dir))  # the daemon closed them at shutdown
+
+
+def test_rack_example_on_two_hosts_direct(ssh_hosts, tmp_path, isolated):  # noqa: F811
+    """examples/infra/rack with its addresses and keys replaced by two test hosts'."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    hosts = ssh_hosts(2)
+    ws = tmp_path / "ws"
+    shutil.copytree(REPO / "examples" / "infra" / "rack", ws / "infra" / "rack")
+    shutil.copytree(REPO / "examples" / "taskservs" / "hello", ws / "taskservs" / "hello")
+    f = ws / "infra" / "rack" / "settings.toml"
+    text = f.read_text().replace("~/.ssh/id_ed25519", str(hosts[0].identity_file))
+    for h, n in zip(hosts, ("192.0.2.11", "192.0.2.12"), strict=True):
+        text = text.replace(f'address = "{n}"', f'address = "{h.address}"\n'
+                            f'root = "{h.root}"', 1)
+    text = text.replace('root = "/"', "")
+    for h in hosts:
+        text = re.sub(r'host_key = "ssh-ed25519 AAAAC3[^"]*Replace[^"]*"',
+                      f'host_key = "{h.host_key}"', text, count=1)
+    f.write_text(text)
+    infra = load_infra(ws / "infra" / "rack")
+    assert infra.provider == "ssh" and [s.hostname for s in infra.servers] == ["node-1", "node-2"]
+    r = run_cli("--direct", "cluster", "create", "rack", "--infra", str(f.parent), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for h, name in zip(hosts, ("node-1", "node-2"), strict=True):
+        page = urllib.request.urlopen(f"http://{h.address}:18094/", timeout=5).read().decode()
+        assert page == f"hello from the rack from {name}\n"
+    r = run_cli("--direct", "cluster", "delete", "rack", "--infra", str(f.parent), timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert all(not (h.root / "srv" / "hello").exists() for h in hosts)
+    assert_no_masters(Path(isolated["PROVISIONING_STORAGE_DATA_DIR"]))
