@@ -105,3 +105,8 @@ def http_status_of(error: ProvisioningError) -> int:
     if status:
         return status
     return 400 if error.exit_code == EXIT_USAGE else 500
+
+
+class TransportError(ProvisioningError):
+    """A host cannot be reached or refused us over SSH (provisioning.transport):
+    the message names the host and the plain reason."""

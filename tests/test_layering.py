@@ -28,6 +28,7 @@ from tests.conftest import REPO
 # ------------   ---------------------------------------  ----------------------------------
 # base           errors paths config versions fsutil      nothing of ours above it
 #                locks polling procinfo model selfexec
+#                transport (the SSH client: ops' providers and the daemon use it)
 # ops            ops/ (business logic, op registry)       base
 # lib            lib/ (op scripts run as tasks)           base, ops
 # store          store/ (Store and its backends)          base
@@ -44,7 +45,7 @@ from tests.conftest import REPO
 # orchestrator or CLI.
 
 BASE = ("errors", "paths", "config", "versions", "fsutil", "locks", "polling", "procinfo",
-        "model", "selfexec")
+        "model", "selfexec", "transport")
 
 LAYER_OF: dict[str, str] = {
     "provisioning": "base",  # the package's __init__: __version__

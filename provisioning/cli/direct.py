@@ -51,6 +51,7 @@ def run_direct(app: AppContext, spec: WorkflowSpec) -> int:
     # lazy: the in-process engine and its store only for a direct run
     from provisioning.engine.engine import Engine
     from provisioning.store.memory import MemoryStore
+    from provisioning.transport import close_masters
 
     cfg = app.config
     files_dir = ensure_private_dir(direct_dir(cfg))
@@ -70,6 +71,7 @@ def run_direct(app: AppContext, spec: WorkflowSpec) -> int:
         return code
     finally:
         engine.shutdown(cfg.executor.kill_grace_seconds)
+        close_masters(cfg.data_paths().data_dir)  # SSH masters this run opened
         if workflow_id is not None:
             _keep_trace(app, engine, files_dir, workflow_id)
 

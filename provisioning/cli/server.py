@@ -120,6 +120,9 @@ def server_list(app: AppContext, infra: str | None) -> None:
             addr += f" (+{v['port_offset']})"
         rows.append([v["hostname"], v["infra"], v["provider"] or "-", addr, v["status"], ts])
     print_table(["HOSTNAME", "INFRA", "PROVIDER", "ADDRESS", "STATUS", "TASKSERVS"], rows)
+    for v in views:
+        if v.get("reason"):  # an unreachable host: why (the ssh provider)
+            click.echo(f"{v['hostname']}: {v['reason']}")
 
 
 @server_group.command("show")

@@ -35,7 +35,11 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 TOP_KEYS = {"infra", "provider", "settings", "taskservs", "servers", "clusters"}
 INFRA_KEYS = {"name": str, "provider": str, "description": str}
-SERVER_KEYS = {"hostname": str, "plan": str, "zone": str, "taskservs": list, "labels": dict}
+# How to reach an existing host (the ssh provider, DESIGN.md 12): ServerDef.connection.
+HOST_KEYS = {"address": str, "port": int, "host_key": str, "root": str, "user": str,
+             "identity_file": str}
+SERVER_KEYS = {"hostname": str, "plan": str, "zone": str, "taskservs": list, "labels": dict,
+               **HOST_KEYS}
 CLUSTER_KEYS = {"servers": list, "description": str}
 
 
@@ -46,6 +50,7 @@ class ServerDef:
     zone: str = "local"
     taskservs: tuple[str, ...] = ()  # as declared; see Infra.taskserv_plan for the order
     labels: dict[str, str] = field(default_factory=dict)
+    connection: dict[str, Any] = field(default_factory=dict)  # HOST_KEYS given
 
 
 @dataclass(frozen=True)
@@ -251,6 +256,10 @@ def parse_infra(data: dict[str, Any], *, directory: Path, file: Path,
     catalog = taskservs.Catalog.load(workspace=workspace, lib_dirs=lib_dirs)
 
     servers, seen = _parse_servers(file, data.get("servers", []), catalog)
+    check_server = getattr(provider_cls, "validate_server", None)  # providers of real hosts
+    for i, server in enumerate(servers if check_server else ()):
+        for problem in check_server(server.connection):
+            raise ValidationError(f"{file}: servers[{i}] ({server.hostname}): {problem}")
     for ts_name in ts_settings:
         if ts_name not in catalog.defs:
             raise ValidationError(f"{file}: [taskservs.{ts_name}]: unknown taskserv '{ts_name}'",
@@ -296,7 +305,8 @@ def _parse_servers(file: Path, raw_servers: Any, catalog: Any
             raise ValidationError(f"{file}: {where}.labels values must be strings")
         servers.append(ServerDef(hostname=host, plan=raw.get("plan", "small"),
                                  zone=raw.get("zone", "local"), taskservs=names,
-                                 labels=dict(labels)))
+                                 labels=dict(labels),
+                                 connection={k: raw[k] for k in HOST_KEYS if k in raw}))
     return servers, seen
 
 

@@ -68,7 +68,10 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
 def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
                 provider: Any = None, *, probe: bool = False) -> dict[str, Any]:
     host = record["hostname"]
-    exists = provider.status(host) != "missing" if provider is not None else False
+    detail = getattr(provider, "status_detail", None)  # providers of real hosts: why not
+    found, reason = (detail(host) if detail else (provider.status(host), None)) \
+        if provider is not None else ("missing", None)
+    exists = found != "missing"
     taskservs = []
     for ts in sorted(state.taskservs(infra_name, host), key=lambda t: t.get("seq", 0)):
         view = {"name": ts["name"], "status": taskserv_status(ts), "ports": ts.get("ports", {}),
@@ -84,6 +87,8 @@ def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
         taskservs.append(view)
     if not exists:
         status = "missing"
+    elif found == "unreachable":
+        status = "unreachable"
     elif any(t["status"] in ("dead", "unhealthy") for t in taskservs):
         status = "degraded"
     elif any(t["status"] in ("failed", "installing", "starting") for t in taskservs):
@@ -93,7 +98,8 @@ def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
     return {"hostname": host, "infra": infra_name, "provider": record.get("provider"),
             "address": record.get("address"), "port_offset": record.get("port_offset", 0),
             "root": record.get("root"), "plan": record.get("plan"), "zone": record.get("zone"),
-            "labels": record.get("labels", {}), "status": status, "taskservs": taskservs,
+            "labels": record.get("labels", {}), "status": status, "reason": reason,
+            "taskservs": taskservs,
             "created_at": record.get("created_at")}
 
 

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from provisioning import fsutil, locks, procinfo
+from provisioning import fsutil, locks, procinfo, transport
 from provisioning.engine.engine import Engine
 from provisioning.errors import ConfigError, ProvisioningError
 from provisioning.ops.registry import OpRegistry
@@ -194,6 +194,7 @@ class Orchestrator:
                 self.engine.shutdown(grace=grace)
             except Exception:
                 log.exception("engine shutdown failed")
+        transport.close_masters(self.data_paths.data_dir)  # SSH masters of finished tasks
         if self.server is not None:
             if self.serve_thread is not None:
                 self.server.shutdown()

@@ -19,7 +19,8 @@ from provisioning.ops.state import StateStore
 if TYPE_CHECKING:
     from provisioning.ops.infra import Infra
 
-BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider"}
+BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider",
+           "ssh": "provisioning.ops.providers.ssh:SshProvider"}
 
 
 def _extension_file(name: str, lib_dirs: list[Path]) -> Path | None:
