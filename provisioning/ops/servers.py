@@ -17,6 +17,7 @@ def create(infra: Infra, hostname: str, report: Any, *, state: StateStore | None
     state = state or StateStore()
     server = infra.server(hostname)
     provider = providers.for_infra(infra, state)
+    provider.report = report
     with state.lock(infra.name, hostname):
         state.record_infra(infra.name, str(infra.dir), infra.provider, infra.provider_settings)
         report.progress(10, f"creating server {hostname} on provider {infra.provider}")
@@ -37,6 +38,8 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
     """Delete one server and every taskserv on it; a missing server is a no-op."""
     state = state or StateStore()
     provider = provider or providers.from_state(infra_name, state)
+    if provider is not None:
+        provider.report = report
     with state.lock(infra_name, hostname):
         record = state.server(infra_name, hostname)
         exists = provider is not None and provider.status(hostname) != "missing"
@@ -54,11 +57,12 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
             installs.remove_locked(infra_name, hostname, ts["name"], report, provider=provider,
                                    state=state, force=True)
         report.progress(80, f"deleting server {hostname}")
-        if provider is not None:
-            provider.delete_server(hostname)
+        existed = provider.delete_server(hostname) if provider is not None else False
         state.remove_server(infra_name, hostname)
         state.prune_infra(infra_name)
     message = f"server {hostname} deleted"
+    if not existed:
+        message += " (it was already gone at the provider; its record is removed)"
     report.progress(100, message)
     return {"hostname": hostname, "infra": infra_name, "changed": True, "message": message}
 
