@@ -180,24 +180,30 @@ class AwsProvider(Provider):
 
     def _launch(self, server: Any) -> str:
         """run_instances for a server the tags do not know; its instance id."""
-        # one lock per infra: parallel creates share one network, and a delete of the
-        # last server cannot remove it between ensure() and run_instances
+        # one lock per infra: parallel creates share one network; a token written under
+        # it tells a delete of the last server that this create needs the network
         with self._net_lock():
             net = aws_net.ensure(self.ec2, self.infra, self.settings)
             aws_net.ensure_key_pair(self.ec2, self.settings.get("key_name"),
                                     self.settings.get("public_key_file"))
             token = self.client_token(server.hostname)
-            self.progress(20, f"run_instances {server.hostname} ({server.plan}, "
-                              f"{self.settings['image']})")
+        self.progress(20, f"run_instances {server.hostname} ({server.plan}, "
+                          f"{self.settings['image']})")
+        try:
             try:
                 reply = self.ec2.call("run_instances", **self._run_args(server, token, net))
             except ProvisioningError as e:
-                if "IdempotentParameterMismatch" not in e.message:
+                if getattr(e, "aws_code", "") != "IdempotentParameterMismatch":
                     raise
                 # the token went out with other settings (an earlier failed attempt) and
                 # nothing of it exists (the tags found none): a new generation, a new request
                 token = self.client_token(server.hostname, next_generation=True)
                 reply = self.ec2.call("run_instances", **self._run_args(server, token, net))
+        except ProvisioningError as e:
+            if getattr(e, "aws_code", ""):  # AWS said no: nothing was made, no create pends
+                self._save_host_state(server.hostname, {"generation": int(
+                    self._host_state(server.hostname).get("generation", 1))})
+            raise
         iid = reply["Instances"][0]["InstanceId"]
         self._save_host_state(server.hostname, {**self._host_state(server.hostname),
                                                 "instance_id": iid})
@@ -275,12 +281,24 @@ class AwsProvider(Provider):
         self._save_host_state(hostname, {"generation": int(
             self._host_state(hostname).get("generation", 1)) + 1})
         with self._net_lock():
-            if not self._instances():  # the infra's last server: its network goes too
+            if not self._instances() and not self._pending():  # the infra's last server
                 try:
                     aws_net.teardown(self.ec2, self.infra, self._log)
                 except ProvisioningError as e:  # the server is gone; say what is left
                     self._log(f"warning: the network of infra {self.infra} stays: {e}")
         return bool(ids)
+
+    def _pending(self) -> list[str]:
+        """Servers with a create under way (a client token and no delete since)."""
+        base = self.state.provider_dir(self.name) / self.infra
+        out = []
+        for f in sorted(base.glob("*.json")) if base.is_dir() else []:
+            try:
+                if read_json(f).get("client_token"):
+                    out.append(f.stem)
+            except (OSError, ValueError, AttributeError):
+                continue
+        return out
 
     def _net_lock(self):
         return hold_lock(self.state.state_dir / "locks" / f"aws-{self.infra}.lock")

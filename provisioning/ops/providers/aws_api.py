@@ -95,7 +95,7 @@ class Ec2:
             if creds is None:
                 raise no_credentials()
             self.credential_source = getattr(creds, "method", "") or "unknown"
-            config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"},
+            config = botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"},
                                             connect_timeout=10, read_timeout=60)
             self._client = session.client("ec2", endpoint_url=self.endpoint_url,
                                           config=config)
@@ -136,8 +136,10 @@ class Ec2:
         if code in AUTH_CODES:
             where = (f"; the credentials came from boto3's '{self.credential_source}' "
                      f"source (it looks in: {_looked_in()})")
-        return ProvisioningError(f"aws {operation} failed: {code}: {reason}"
-                                 + (f" ({aws_message})" if aws_message else "") + where)
+        error = ProvisioningError(f"aws {operation} failed: {code}: {reason}"
+                                  + (f" ({aws_message})" if aws_message else "") + where)
+        error.aws_code = code  # type: ignore[attr-defined]  # AWS answered: a definite no
+        return error
 
     def paginate(self, operation: str, key: str, **kwargs: Any) -> list[dict[str, Any]]:
         """Every item under `key` of a paginated describe call."""
