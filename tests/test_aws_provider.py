@@ -217,3 +217,54 @@ def test_the_cli_never_imports_boto3_to_start_or_to_load_an_aws_infra(aws, tmp_p
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60)
     assert "BOTO3 False False" in r.stdout, r.stdout + r.stderr
+
+
+def plan_actions(*args: str) -> dict[str, str]:
+    r = run_cli("--json", *args, "--plan")
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {t["id"]: t["action"] for t in json.loads(r.stdout)["tasks"]}
+
+
+def test_plan_before_and_after_and_drift_both_ways(aws, tmp_path):
+    infra = write_infra(tmp_path / "ws", "drift", aws.url, hosts=("web-1", "web-2"))
+    ec2 = aws.ec2()
+    assert plan_actions("server", "create", "--infra", str(infra)) == {
+        "create-web-1": "create", "create-web-2": "create"}
+    assert plan_actions("server", "delete", "web-1", "--infra", str(infra)) == {
+        "delete-web-1": "absent"}
+    assert instances(ec2, "drift") == {} and not (tmp_path / "data" / "state").exists()
+
+    r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    before = instances(ec2, "drift")
+    assert plan_actions("server", "create", "--infra", str(infra)) == {
+        "create-web-1": "exists", "create-web-2": "exists"}
+    assert plan_actions("server", "delete", "web-1", "--infra", str(infra)) == {
+        "delete-web-1": "delete"}
+    assert instances(ec2, "drift") == before  # a plan changes nothing
+
+    # drift: web-1 terminated behind our back; a machine tagged for the infra that it
+    # does not declare; web-2 dropped from the infra file
+    ec2.terminate_instances(InstanceIds=before["web-1"])
+    ec2.run_instances(ImageId="ami-03cf127a", InstanceType="t3.small", MinCount=1, MaxCount=1,
+                      TagSpecifications=[{"ResourceType": "instance", "Tags": [
+                          {"Key": "provisioning:infra", "Value": "drift"},
+                          {"Key": "provisioning:server", "Value": "stray"}]}])
+    text = (infra / "settings.toml").read_text()
+    (infra / "settings.toml").write_text(text.replace('hostname = "web-2"', 'hostname = "web-3"'))
+    views = json.loads(run_cli("--json", "server", "list", "--infra", str(infra)).stdout)
+    by = {v["hostname"]: v for v in views}
+    assert (by["web-1"]["status"], by["web-1"]["drift"]) == ("missing", "missing")
+    assert (by["web-2"]["status"], by["web-2"]["drift"]) == ("running", "orphan")
+    assert (by["stray"]["status"], by["stray"]["drift"]) == ("running", "orphan")
+    assert by["stray"]["id"].startswith("i-") and "web-3" not in by
+    table = run_cli("server", "list", "--infra", str(infra)).stdout
+    assert re.search(r"stray\s+drift\s+aws\s+\S+\s+running\s+orphan", table), table
+    assert plan_actions("server", "create", "--infra", str(infra)) == {
+        "create-web-1": "create", "create-web-3": "create"}
+
+    # no credentials in the CLI: the list still answers, status unknown, and says why
+    env = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    r = run_cli("--json", "server", "list", "--infra", str(infra), env=env)
+    assert r.returncode == 0 and "warning: provider not read" in r.stderr, r.stderr
+    assert {v["status"] for v in json.loads(r.stdout)} == {"unknown"}

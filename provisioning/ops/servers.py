@@ -6,7 +6,7 @@ from typing import Any
 
 from provisioning.errors import NotFound, ProvisioningError, UsageError
 from provisioning.ops import installs, procs, providers
-from provisioning.ops.infra import Infra
+from provisioning.ops.infra import Infra, load_infra
 from provisioning.ops.installs import taskserv_status
 from provisioning.ops.state import StateStore
 
@@ -69,10 +69,23 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
 
 # -- views -----------------------------------------------------------------------
 
+GONE = ("missing", "terminated", "shutting-down", "deleted")
+
+
 def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
-                provider: Any = None, *, probe: bool = False) -> dict[str, Any]:
+                provider: Any = None, *, probe: bool = False,
+                found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One recorded server as shown; `found` (the provider's list_found by hostname)
+    saves a provider call per server, None asks the provider for this one."""
     host = record["hostname"]
-    exists = provider.status(host) != "missing" if provider is not None else False
+    if found is not None:
+        here = found.get(host)
+        provider_state = here["state"] if here else "missing"
+    elif provider is not None:
+        provider_state = provider.status(host)
+    else:
+        provider_state = "missing"
+    exists = provider_state not in GONE
     taskservs = []
     for ts in sorted(state.taskservs(infra_name, host), key=lambda t: t.get("seq", 0)):
         view = {"name": ts["name"], "status": taskserv_status(ts), "ports": ts.get("ports", {}),
@@ -88,6 +101,8 @@ def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
         taskservs.append(view)
     if not exists:
         status = "missing"
+    elif provider_state != "running":
+        status = provider_state  # as the provider says: pending, stopped...
     elif any(t["status"] in ("dead", "unhealthy") for t in taskservs):
         status = "degraded"
     elif any(t["status"] in ("failed", "installing", "starting") for t in taskservs):
@@ -98,24 +113,76 @@ def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
             "address": record.get("address"), "port_offset": record.get("port_offset", 0),
             "root": record.get("root"), "plan": record.get("plan"), "zone": record.get("zone"),
             "labels": record.get("labels", {}), "status": status, "taskservs": taskservs,
-            "created_at": record.get("created_at")}
+            "created_at": record.get("created_at"), "id": record.get("id"),
+            "provider_state": provider_state, "drift": None if exists else "missing"}
+
+
+def _declared(name: str, state: StateStore, infra: Infra | None) -> set[str] | None:
+    """Hostnames the infra file declares; None when it cannot be read any more."""
+    if infra is None:
+        rec = state.infra_record(name)
+        try:
+            infra = load_infra(rec["path"]) if rec else None
+        except ProvisioningError:
+            infra = None
+    return {s.hostname for s in infra.servers} if infra is not None else None
+
+
+def _orphan_view(name: str, provider: Any, f: dict[str, Any]) -> dict[str, Any]:
+    return {"hostname": f["hostname"], "infra": name, "provider": provider.name,
+            "address": f.get("address"), "port_offset": 0, "root": None,
+            "plan": f.get("plan"), "zone": f.get("zone"), "labels": {},
+            "status": f["state"], "taskservs": [], "created_at": None, "id": f.get("id"),
+            "provider_state": f["state"], "drift": "orphan"}
+
+
+def _infra_views(name: str, state: StateStore, infra: Infra | None,
+                 probe: bool) -> list[dict[str, Any]]:
+    records = state.servers(name)
+    try:
+        provider = (providers.for_infra(infra, state) if infra is not None
+                    else providers.from_state(name, state))
+    except ProvisioningError:
+        provider = None  # an extension provider that is no longer installed
+    if provider is None:
+        return [server_view(name, r, state, None, probe=probe) for r in records]
+    try:
+        found_list = provider.list_found()
+    except ProvisioningError as e:  # no credentials here, cloud unreachable: say so, go on
+        views = [server_view(name, r, state, None, probe=probe, found={}) for r in records]
+        for v in views:
+            v.update(status="unknown", provider_state="unknown", drift=None,
+                     provider_error=e.message)
+        return views
+    found: dict[str, dict[str, Any]] = {}
+    for f in found_list:  # a live machine wins over a terminated one of the same name
+        if f["hostname"] not in found or found[f["hostname"]]["state"] in GONE:
+            found[f["hostname"]] = f
+    views = [server_view(name, r, state, provider, probe=probe, found=found) for r in records]
+    declared = _declared(name, state, infra)
+    recorded = {r["hostname"] for r in records}
+    for v in views:
+        if declared is not None and v["hostname"] not in declared and v["drift"] is None:
+            v["drift"] = "orphan"
+    views += [_orphan_view(name, provider, f) for host, f in sorted(found.items())
+              if host not in recorded and f["state"] not in GONE
+              and (declared is None or host not in declared)]
+    return views
 
 
 def list_views(infra_name: str | None = None, *, state: StateStore | None = None,
-               probe: bool = False) -> list[dict[str, Any]]:
-    """Every recorded server (of one infra, or all), reconciled with reality."""
+               probe: bool = False, infra: Infra | None = None) -> list[dict[str, Any]]:
+    """Every recorded server (of one infra, or all), reconciled with the provider:
+    `drift` is "missing" (recorded, gone at the provider) or "orphan" (the provider
+    has it for this infra, the infra does not declare it). One list_found per infra."""
     state = state or StateStore()
     names = [infra_name] if infra_name else state.infra_names()
     out = []
     for name in names:
-        records = state.servers(name)
-        if not records:
+        if not state.servers(name) and infra is None:
             continue
-        try:
-            provider = providers.from_state(name, state)
-        except ProvisioningError:
-            provider = None  # an extension provider that is no longer installed
-        out.extend(server_view(name, r, state, provider, probe=probe) for r in records)
+        out.extend(_infra_views(name, state, infra if infra and infra.name == name else None,
+                                probe))
     return out
 
 
@@ -131,7 +198,11 @@ def show(hostname: str, infra_name: str | None = None, *, state: StateStore | No
         raise UsageError(f"server {hostname} exists in several infras "
                          f"({', '.join(m['infra'] for m in matches)})", hint="pass --infra")
     view = matches[0]
-    record = state.server(view["infra"], hostname) or {}
+    record = state.server(view["infra"], hostname)
+    if record is None or view.get("provider_error"):  # an orphan, or a provider we cannot read
+        return view
     provider = providers.from_state(view["infra"], state)
-    return server_view(view["infra"], record, state, provider, probe=True)
+    probed = server_view(view["infra"], record, state, provider, probe=True)
+    probed["drift"] = view["drift"]
+    return probed
 
