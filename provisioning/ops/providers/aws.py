@@ -77,8 +77,7 @@ class AwsProvider(Provider):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.ec2 = Ec2(str(self.settings.get("region", "")), self.settings.get("endpoint_url"),
-                       log=self._log)
+        self.ec2 = Ec2(self.settings, log=self._log)
 
     def _log(self, message: str) -> None:
         if self.report is not None:

@@ -66,11 +66,12 @@ def _looked_in() -> str:
 
 
 class Ec2:
-    """One EC2 client for one region (and optional endpoint), made on first use."""
+    """One EC2 client for an infra's [provider] settings (region, optional
+    endpoint_url), made on first use."""
 
-    def __init__(self, region: str, endpoint_url: str | None = None, *, log: Any = None):
-        self.region = region
-        self.endpoint_url = endpoint_url or None
+    def __init__(self, settings: dict[str, Any], *, log: Any = None):
+        self.region = str(settings.get("region", ""))
+        self.endpoint_url = settings.get("endpoint_url") or None
         self.log = log or (lambda message: None)
         self._client: Any = None
         self.credential_source = ""
