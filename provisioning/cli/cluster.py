@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from provisioning.cli.context import AppContext
-from provisioning.cli.server import infra_option, run_business, wait_option
+from provisioning.cli.server import infra_option, plan_option, run_business, wait_option
 
 
 @click.group("cluster")
@@ -17,18 +17,22 @@ def cluster_group() -> None:
 @click.argument("name")
 @infra_option
 @wait_option
+@plan_option
 @click.pass_obj
-def cluster_create(app: AppContext, name: str, infra: str | None, wait: bool) -> None:
+def cluster_create(app: AppContext, name: str, infra: str | None, wait: bool,
+                   plan: bool) -> None:
     """Create cluster NAME: servers in parallel, then taskservs in dependency
     order, then health checks."""
-    run_business(app, "cluster.create", infra, {"cluster": name}, wait)
+    run_business(app, "cluster.create", infra, {"cluster": name}, wait, plan)
 
 
 @cluster_group.command("delete")
 @click.argument("name")
 @infra_option
 @wait_option
+@plan_option
 @click.pass_obj
-def cluster_delete(app: AppContext, name: str, infra: str | None, wait: bool) -> None:
+def cluster_delete(app: AppContext, name: str, infra: str | None, wait: bool,
+                   plan: bool) -> None:
     """Delete cluster NAME: every server of it (and their taskservs), then its record."""
-    run_business(app, "cluster.delete", infra, {"cluster": name}, wait)
+    run_business(app, "cluster.delete", infra, {"cluster": name}, wait, plan)

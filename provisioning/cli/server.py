@@ -23,6 +23,9 @@ infra_option = click.option("--infra", "infra", metavar="NAME|PATH", envvar="PRO
                             help="Infra name (in the workspace) or path to its directory.")
 wait_option = click.option("--wait", is_flag=True,
                            help="Follow the workflow until it finishes (orchestrated mode).")
+plan_option = click.option("--plan", "plan", is_flag=True,
+                           help="Show the workflow and each task's intended action from a "
+                           "read of the provider; change nothing, no daemon.")
 
 
 def state_of(app: AppContext) -> StateStore:
@@ -30,7 +33,7 @@ def state_of(app: AppContext) -> StateStore:
 
 
 def run_business(app: AppContext, kind: str, infra: str | None, params: dict[str, Any],
-                 wait: bool) -> None:
+                 wait: bool, plan: bool = False) -> None:
     """Build the workflow for `kind` (validating the infra) and run it per the mode."""
     # lazy: the planner, the workflow model and the monitor only for commands
     # that change something; `server list|show` stay light (bench/cli_start.py)
@@ -43,10 +46,25 @@ def run_business(app: AppContext, kind: str, infra: str | None, params: dict[str
         if infra is None or not kind.endswith(".delete"):
             raise
         ref = infra  # a delete may still work from recorded state
+    if plan:
+        show_plan(app, kind, ref, params)
+        return
     spec = build_workflow(kind, ref, params, state=state_of(app))
     code = execute(app, kind, spec, wait=wait)
     if code:
         raise click.exceptions.Exit(code)
+
+
+def show_plan(app: AppContext, kind: str, ref: str, params: dict[str, Any]) -> None:
+    # lazy: like the planner above, only for --plan
+    from provisioning.planner.plan import plan_workflow, render
+
+    plan = plan_workflow(kind, ref, params, state=state_of(app))
+    if app.json_output:
+        app.emit_json(plan)
+        return
+    for line in render(plan):
+        click.echo(line)
 
 
 def infra_name_of(app: AppContext, infra: str | None) -> str | None:
@@ -84,28 +102,42 @@ def server_group() -> None:
 @click.argument("name", required=False)
 @infra_option
 @wait_option
+@plan_option
 @click.pass_obj
-def server_create(app: AppContext, name: str | None, infra: str | None, wait: bool) -> None:
+def server_create(app: AppContext, name: str | None, infra: str | None, wait: bool,
+                  plan: bool) -> None:
     """Create server NAME, or every server of the infra (in parallel)."""
-    run_business(app, "server.create", infra, {"server": name}, wait)
+    run_business(app, "server.create", infra, {"server": name}, wait, plan)
 
 
 @server_group.command("delete")
 @click.argument("name")
 @infra_option
 @wait_option
+@plan_option
 @click.pass_obj
-def server_delete(app: AppContext, name: str, infra: str | None, wait: bool) -> None:
+def server_delete(app: AppContext, name: str, infra: str | None, wait: bool, plan: bool) -> None:
     """Delete server NAME and every taskserv on it (a missing server is a no-op)."""
-    run_business(app, "server.delete", infra, {"server": name}, wait)
+    run_business(app, "server.delete", infra, {"server": name}, wait, plan)
 
 
 @server_group.command("list")
 @infra_option
 @click.pass_obj
 def server_list(app: AppContext, infra: str | None) -> None:
-    """List servers from recorded state, checked against reality (never the daemon)."""
-    views = servers.list_views(infra_name_of(app, infra), state=state_of(app))
+    """List servers from recorded state, checked against the provider (never the
+    daemon): DRIFT says `missing` (recorded, gone at the provider) or `orphan` (the
+    provider has it for this infra, the infra does not declare it)."""
+    loaded = None
+    if infra is not None:
+        try:
+            loaded = load_infra(infra)
+        except UsageError:
+            loaded = None  # known only from state: infra_name_of decides
+    views = servers.list_views(loaded.name if loaded else infra_name_of(app, infra),
+                               state=state_of(app), infra=loaded)
+    for problem in sorted({v["provider_error"] for v in views if v.get("provider_error")}):
+        click.echo(f"warning: provider not read, status unknown: {problem}", err=True)
     if app.json_output:
         app.emit_json(views)
         return
@@ -118,8 +150,10 @@ def server_list(app: AppContext, infra: str | None) -> None:
         addr = v["address"] or "-"
         if v.get("port_offset"):
             addr += f" (+{v['port_offset']})"
-        rows.append([v["hostname"], v["infra"], v["provider"] or "-", addr, v["status"], ts])
-    print_table(["HOSTNAME", "INFRA", "PROVIDER", "ADDRESS", "STATUS", "TASKSERVS"], rows)
+        rows.append([v["hostname"], v["infra"], v["provider"] or "-", addr, v["status"],
+                     v.get("drift") or "-", ts])
+    print_table(["HOSTNAME", "INFRA", "PROVIDER", "ADDRESS", "STATUS", "DRIFT", "TASKSERVS"],
+                rows)
     for v in views:
         if v.get("reason"):  # an unreachable host: why (the ssh provider)
             click.echo(f"{v['hostname']}: {v['reason']}")

@@ -8,6 +8,7 @@ from provisioning.cli.context import AppContext
 from provisioning.cli.server import (
     infra_name_of,
     infra_option,
+    plan_option,
     print_table,
     run_business,
     state_of,
@@ -29,11 +30,13 @@ def taskserv_group() -> None:
 @click.option("--server", "server", metavar="HOSTNAME",
               help="Only this server (default: every server that declares the taskserv).")
 @wait_option
+@plan_option
 @click.pass_obj
 def taskserv_create(app: AppContext, name: str, infra: str | None, server: str | None,
-                    wait: bool) -> None:
+                    wait: bool, plan: bool) -> None:
     """Install taskserv NAME (after what it requires) on the infra's servers."""
-    run_business(app, "taskserv.create", infra, {"taskserv": name, "server": server}, wait)
+    run_business(app, "taskserv.create", infra, {"taskserv": name, "server": server}, wait,
+                 plan)
 
 
 @taskserv_group.command("delete")
@@ -42,11 +45,13 @@ def taskserv_create(app: AppContext, name: str, infra: str | None, server: str |
 @click.option("--server", "server", metavar="HOSTNAME",
               help="Only this server (default: every server that has it).")
 @wait_option
+@plan_option
 @click.pass_obj
 def taskserv_delete(app: AppContext, name: str, infra: str | None, server: str | None,
-                    wait: bool) -> None:
+                    wait: bool, plan: bool) -> None:
     """Remove taskserv NAME: run its remove script, stop its processes, drop its files."""
-    run_business(app, "taskserv.delete", infra, {"taskserv": name, "server": server}, wait)
+    run_business(app, "taskserv.delete", infra, {"taskserv": name, "server": server}, wait,
+                 plan)
 
 
 @taskserv_group.command("list")

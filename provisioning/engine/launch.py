@@ -20,6 +20,7 @@ from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
 from provisioning.engine.zygote import Zygote
 from provisioning.model import Record
 from provisioning.model.storage import Store
+from provisioning.ops.providers import credential_env
 from provisioning.ops.registry import OpRegistry
 
 
@@ -64,6 +65,8 @@ class TaskLauncher:
             env["PROVISIONING_ENDPOINT"] = self.endpoint
         params = task.get("params") or {}
         base = self.base_env()
+        # a cloud provider's credentials, for its own tasks only (ops/providers CREDENTIAL_ENV)
+        env.update(credential_env(task["op"], params, self.data_dir))
         run = TaskRun(key=task["key"], argv=argv, params=params, env={**base, **env},
                       log_path=self.store.task_log_path(workflow_id, task_id),
                       attempt=task["attempts"],

@@ -8,6 +8,8 @@ Lib dirs are PROVISIONING_LIB then executor.lib_dirs; built-ins win.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +18,23 @@ from provisioning.errors import ValidationError
 from provisioning.ops.providers.base import Provider
 from provisioning.ops.state import StateStore
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 if TYPE_CHECKING:
     from provisioning.ops.infra import Infra
 
 BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider",
-           "ssh": "provisioning.ops.providers.ssh:SshProvider"}
+           "ssh": "provisioning.ops.providers.ssh:SshProvider",
+           "aws": "provisioning.ops.providers.aws:AwsProvider"}
+
+# Environment variables (by prefix) that a provider's tasks get from the daemon's
+# environment: its credentials and their config (task environments are cleaned,
+# engine/taskrun.py). Only tasks of business ops whose infra uses that provider.
+CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {"aws": ("AWS_",)}
+BUSINESS_OPS = ("server.", "taskserv.", "cluster.")
 
 
 def _extension_file(name: str, lib_dirs: list[Path]) -> Path | None:
@@ -83,3 +97,38 @@ def from_state(infra_name: str, state: StateStore) -> Provider | None:
         return None
     return open_provider(rec["provider"], infra=infra_name,
                          settings=rec.get("provider_settings", {}), state=state)
+
+
+def _provider_of(params: dict[str, Any], data_dir: Path) -> str | None:
+    """The provider of a task's infra: its settings.toml, else what state recorded."""
+    ref = params.get("infra")
+    if isinstance(ref, str) and ref:
+        file = Path(ref) / "settings.toml"
+        try:
+            with open(file, "rb") as f:
+                head = tomllib.load(f).get("infra", {})
+            if isinstance(head, dict) and isinstance(head.get("provider"), str):
+                return head["provider"]
+        except (OSError, ValueError):
+            pass  # gone, unreadable or .ncl: what state remembers
+    name = params.get("infra_name") or (Path(ref).name if isinstance(ref, str) else None)
+    if not isinstance(name, str) or not name:
+        return None
+    try:
+        record = StateStore(data_dir).infra_record(name)
+    except ValueError:
+        return None
+    return record.get("provider") if record else None
+
+
+def credential_env(op: str, params: dict[str, Any], data_dir: Path,
+                   environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The credential variables one task may have (see CREDENTIAL_ENV); {} for
+    every task that is not a business op of an infra on such a provider."""
+    environ = dict(os.environ) if environ is None else environ
+    prefixes = tuple(p for ps in CREDENTIAL_ENV.values() for p in ps)
+    if not op.startswith(BUSINESS_OPS) or not any(k.startswith(prefixes) for k in environ):
+        return {}  # the usual case costs no file read
+    provider = _provider_of(params, data_dir)
+    wanted = CREDENTIAL_ENV.get(provider or "", ())
+    return {k: v for k, v in environ.items() if wanted and k.startswith(wanted)}

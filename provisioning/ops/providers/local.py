@@ -157,6 +157,20 @@ class LocalProvider(Provider):
     def status(self, hostname: str) -> str:
         return "running" if self.root(hostname).is_dir() else "missing"
 
+    def find_server(self, hostname: str) -> dict[str, Any] | None:
+        root = self.root(hostname)
+        if not root.is_dir():
+            return None
+        record = self.state.server(self.infra, hostname) or {}
+        return {"hostname": hostname, "state": "running", "id": str(root),
+                "address": record.get("address"), "root": str(root)}
+
+    def list_found(self) -> list[dict[str, Any]]:
+        return [f for h in self.list_servers() if (f := self.find_server(h)) is not None]
+
+    def connection(self, record: dict[str, Any]) -> dict[str, Any]:
+        return {}  # a sandbox on this machine: run() and copy_file() reach it directly
+
     # Not PROVISIONING_SERVER_*: that prefix is the [server] config section
     # (env layer), and a nested `provisioning` call would reject it.
     def _env(self, hostname: str, extra: dict[str, str] | None) -> dict[str, str]:

@@ -1,0 +1,106 @@
+"""`--plan`: the workflow a command would submit, and what each task would do.
+
+Built from the same WorkflowSpec as the real run (build.py), then each task
+is given its intended action from ONE read of the provider (`list_found`,
+read only by the Provider contract) and the state records of taskservs:
+
+  server.create    create | exists          server.delete    delete | absent
+  taskserv.create  install | installed      taskserv.delete  delete | absent
+  cluster.check    check                    cluster.delete   forget
+
+Nothing is changed, no daemon is asked, no lock is taken. For a cloud the
+read needs that cloud's credentials in this process (the user's own
+environment: the same chain as the tasks'), and its SDK is imported here,
+only for --plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from provisioning.errors import ProvisioningError, UsageError
+from provisioning.model import WorkflowSpec
+from provisioning.ops import providers
+from provisioning.ops.infra import load_infra
+from provisioning.ops.state import StateStore
+from provisioning.planner.build import build_workflow
+
+GONE = ("missing", "terminated", "shutting-down", "deleted")
+CHANGES = ("create", "delete", "install", "forget")
+
+
+def _provider(infra_ref: str | Path, spec: WorkflowSpec, state: StateStore) -> Any:
+    try:
+        infra = load_infra(infra_ref)
+        return infra.name, providers.for_infra(infra, state)
+    except UsageError:  # a delete of an infra whose file is gone: what state remembers
+        name = spec.tasks[0].params.get("infra_name") or Path(str(infra_ref)).name
+        return name, providers.from_state(name, state)
+
+
+def _action(task: Any, infra: str, found: dict[str, dict[str, Any]],
+            state: StateStore) -> tuple[str, str]:
+    host, ts = task.params.get("server"), task.params.get("taskserv")
+    here = host in found and found[host].get("state") not in GONE
+    where = f" ({found[host].get('id') or found[host].get('state')})" if here else ""
+    if task.op == "server.create":
+        return ("exists", f"{host} exists{where}") if here else ("create", f"create {host}")
+    if task.op == "server.delete":
+        recorded = state.server(infra, host) is not None
+        if here or recorded:
+            return "delete", f"delete {host}{where}" + ("" if here else " (record only)")
+        return "absent", f"{host} does not exist"
+    if task.op in ("taskserv.create", "taskserv.delete"):
+        rec = state.taskserv(infra, host, ts) if here else None
+        installed = rec is not None and rec.get("status") == "installed"
+        if task.op == "taskserv.create":
+            return (("installed", f"{ts} is installed on {host}") if installed
+                    else ("install", f"install {ts} on {host}"))
+        return (("delete", f"remove {ts} from {host}") if rec is not None
+                else ("absent", f"{ts} is not on {host}"))
+    if task.op == "cluster.check":
+        return "check", f"health checks of cluster {task.params.get('cluster')}"
+    if task.op == "cluster.delete":
+        return "forget", f"forget cluster {task.params.get('cluster')}"
+    return "run", task.op
+
+
+def plan_workflow(kind: str, infra_ref: str | Path, params: dict[str, Any] | None = None, *,
+                  state: StateStore | None = None) -> dict[str, Any]:
+    """The plan of one business command, as data (the CLI prints it or emits JSON)."""
+    state = state or StateStore()
+    spec = build_workflow(kind, infra_ref, params, state=state)
+    name, provider = _provider(infra_ref, spec, state)
+    found: dict[str, dict[str, Any]] = {}
+    if provider is not None:
+        try:
+            for f in provider.list_found():
+                if f["hostname"] not in found or f.get("state") not in GONE:
+                    found[f["hostname"]] = f
+        except ProvisioningError as e:
+            raise ProvisioningError(f"plan: cannot read provider {provider.name} of infra "
+                                    f"{name}: {e.message}", hint=e.hint) from None
+    tasks = []
+    for t in spec.tasks:
+        action, detail = _action(t, name, found, state)
+        tasks.append({"id": t.id, "op": t.op, "action": action, "detail": detail,
+                      "server": t.params.get("server"), "taskserv": t.params.get("taskserv"),
+                      "depends_on": list(t.depends_on)})
+    return {"workflow": spec.name, "kind": kind, "infra": name,
+            "provider": getattr(provider, "name", None), "tasks": tasks,
+            "changes": sum(1 for t in tasks if t["action"] in CHANGES)}
+
+
+def render(plan: dict[str, Any]) -> list[str]:
+    """The plan as lines of text."""
+    lines = [f"Plan for workflow {plan['workflow']} (infra {plan['infra']}, provider "
+             f"{plan['provider'] or 'unknown'}): {len(plan['tasks'])} task(s), "
+             f"{plan['changes']} change(s); nothing was submitted"]
+    width = max(len(t["id"]) for t in plan["tasks"])
+    for t in plan["tasks"]:
+        deps = t["depends_on"]
+        after = (f"  (after {', '.join(deps)})" if 0 < len(deps) <= 3
+                 else f"  (after {len(deps)} tasks)" if deps else "")
+        lines.append(f"  {t['id']:<{width}}  {t['action']:<9}  {t['detail']}{after}")
+    return lines
