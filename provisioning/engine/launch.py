@@ -22,6 +22,12 @@ from provisioning.model import Record
 from provisioning.model.storage import Store
 from provisioning.ops.registry import OpRegistry
 
+# Cloud credentials (DESIGN.md 13) reach only the business ops that call a cloud,
+# from the daemon's (or the direct CLI's) own environment; every other task, and
+# `shell.run` above all, gets the cleaned environment without them.
+CLOUD_CREDENTIAL_ENV = ("UPCLOUD_TOKEN", "UPCLOUD_USERNAME", "UPCLOUD_PASSWORD")
+CLOUD_OPS = ("server.", "taskserv.", "cluster.")
+
 
 class TaskLauncher:
     def __init__(self, registry: OpRegistry, store: Store, *, data_dir: Path,
@@ -34,12 +40,14 @@ class TaskLauncher:
         self.task_timeout_s = task_timeout_s
         self.kill_grace_s = kill_grace_s
         self._base_env: dict[str, str] | None = None
+        self._credentials: dict[str, str] | None = None  # taken with the base env
         self.zygote: Zygote | None = None  # Python ops fork from it once the engine started one
 
     def capture_env(self) -> None:
         """Take the inherited part of every task's environment now (once per
         engine start, not once per task)."""
         self._base_env = clean_env({})
+        self._credentials = cloud_credentials()
 
     def base_env(self) -> dict[str, str]:
         """The inherited part of every task's environment."""
@@ -62,6 +70,9 @@ class TaskLauncher:
                "PROVISIONING_STORAGE_DATA_DIR": str(self.data_dir)}
         if self.endpoint:
             env["PROVISIONING_ENDPOINT"] = self.endpoint
+        if task["op"].startswith(CLOUD_OPS):
+            env.update(self._credentials if self._credentials is not None
+                       else cloud_credentials())
         params = task.get("params") or {}
         base = self.base_env()
         run = TaskRun(key=task["key"], argv=argv, params=params, env={**base, **env},
@@ -75,6 +86,10 @@ class TaskLauncher:
             run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
             run.env = {**base, **(params.get("env") or {}), **env}
         return TaskProcess(run, on_progress=on_progress, zygote=self.zygote), task_token
+
+
+def cloud_credentials() -> dict[str, str]:
+    return {k: os.environ[k] for k in CLOUD_CREDENTIAL_ENV if os.environ.get(k)}
 
 
 def _valid_shell_run(params: dict[str, Any]) -> bool:

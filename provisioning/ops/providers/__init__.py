@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from provisioning.ops.infra import Infra
 
 BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider"}
+BUILTIN["upcloud"] = "provisioning.ops.providers.upcloud:UpCloudProvider"
 
 
 def _extension_file(name: str, lib_dirs: list[Path]) -> Path | None:
