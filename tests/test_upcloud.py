@@ -258,3 +258,25 @@ def test_loading_the_provider_does_not_import_the_http_client():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_the_example_infra_creates_and_deletes_against_the_fake(tmp_path, fake, creds,
+                                                                 isolated):
+    d = tmp_path / "ws" / "infra" / "upcloud-demo"
+    d.mkdir(parents=True)
+    text = (REPO / "examples" / "infra" / "upcloud-demo" / "settings.toml").read_text()
+    assert 'endpoint_url = ""' in text and "UPCLOUD_PASSWORD" not in text.split("[infra]")[1]
+    (d / "settings.toml").write_text(text.replace('endpoint_url = ""',
+                                                  f'endpoint_url = "{fake.url}"'))
+    r = direct("server", "create", "--infra", str(d), env=creds)
+    assert r.returncode == 0, r.stdout + r.stderr + direct_logs(isolated)
+    found = fake.by_hostname()
+    assert {h: (s[0]["zone"], s[0]["plan"]) for h, s in found.items()} == {
+        "web-1": ("fi-hel1", "1xCPU-1GB"), "web-2": ("de-fra1", "1xCPU-2GB")}
+    labels = {i["key"]: i["value"] for i in found["web-1"][0]["labels"]["label"]}
+    assert labels == {"role": "web", "provisioning:infra": "upcloud-demo",
+                      "provisioning:server": "web-1"}
+    for host in ("web-1", "web-2"):
+        r = direct("server", "delete", host, "--infra", str(d), env=creds)
+        assert r.returncode == 0, r.stdout + r.stderr
+    assert fake.by_hostname() == {}
