@@ -14,6 +14,7 @@ Modelled on the API's documented and recorded answers (developers.upcloud.com
 - POST /1.3/server -> 202 {"server": {... "state": "maintenance"}}; the server
   turns `started` after `polls_to_start` GETs of it (or stays in maintenance
   while `hold` is set);
+- POST /1.3/server/{uuid}/start -> 200 once started (a slow, blocking call);
 - POST /1.3/server/{uuid}/stop -> 202 while still `started`; `stopped` after
   `polls_to_stop` GETs; stop of a server in maintenance -> 409 SERVER_STATE_ILLEGAL;
 - DELETE /1.3/server/{uuid}?storages=1 -> 204; not stopped (or within
@@ -120,6 +121,8 @@ class FakeUpCloud:
                 return 200, {"server": self._poll(server)}
             if route[2:] == ["stop"] and method == "POST":
                 return self._stop(server)
+            if route[2:] == ["start"] and method == "POST":
+                return self._start(server)
             if len(route) == 2 and method == "DELETE":
                 return self._delete(server, query)
         return _error(405, "METHOD_NOT_ALLOWED", "Method not allowed.")
@@ -175,6 +178,12 @@ class FakeUpCloud:
         server["state"], server["_polls"] = "stopping", 0
         server["_illegal"] = self.illegal_deletes
         return 202, {"server": _public(server)}
+
+    def _start(self, server: dict[str, Any]) -> tuple[int, Any]:
+        if server["state"] != "stopped":
+            return _error(409, "SERVER_STATE_ILLEGAL", "The server is not stopped.")
+        server["state"] = "started"  # the real start answers once the server runs
+        return 200, {"server": _public(server)}
 
     def _delete(self, server: dict[str, Any], query: dict[str, list[str]]) -> tuple[int, Any]:
         if server["state"] != "stopped" or server["_illegal"] > 0:

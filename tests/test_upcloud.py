@@ -16,6 +16,7 @@ import pytest
 from provisioning.errors import ValidationError
 from provisioning.ops.infra import load_infra
 from provisioning.ops.providers.upcloud import UpCloudProvider, label_problem
+from provisioning.ops.state import StateStore
 from tests.conftest import REPO, run_cli, wait_for
 from tests.daemon_fixture import start_daemon
 from tests.fake_upcloud import FakeUpCloud
@@ -280,3 +281,30 @@ def test_the_example_infra_creates_and_deletes_against_the_fake(tmp_path, fake, 
         r = direct("server", "delete", host, "--infra", str(d), env=creds)
         assert r.returncode == 0, r.stdout + r.stderr
     assert fake.by_hostname() == {}
+
+
+def test_reads_and_a_create_that_starts_a_server_stopped_by_hand(
+        tmp_path, fake, infra, creds, isolated, monkeypatch):
+    assert direct("server", "create", "web-1", "--infra", str(infra), env=creds).returncode == 0
+    with fake.lock:
+        (server,) = fake.servers.values()
+        server["state"] = "stopped"
+    for k, v in creds.items():
+        monkeypatch.setenv(k, v)
+    provider = UpCloudProvider(infra="updemo", settings=load_infra(infra).provider_settings,
+                               state=StateStore())
+    assert provider.status("web-1") == "stopped" and provider.status("db-1") == "missing"
+    assert provider.find_server("web-1") == {
+        "hostname": "web-1", "state": "stopped", "id": server["uuid"],
+        "address": server["ip_addresses"]["ip_address"][1]["address"], "zone": "fi-hel1",
+        "plan": "1xCPU-1GB"}
+    assert provider.find_server("db-1") is None
+    assert [(s["hostname"], s["id"]) for s in provider.list_found()] == [
+        ("web-1", server["uuid"])]
+    conn = provider.connection(recorded(isolated, "web-1"))
+    assert (conn["address"], conn["port"], conn["user"]) == (
+        provider.find_server("web-1")["address"], 22, "root")
+    r = direct("server", "create", "web-1", "--infra", str(infra), env=creds)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert fake.count("create") == 1 and server["state"] == "started"
+    assert f"starting web-1 ({server['uuid']})" in direct_logs(isolated)

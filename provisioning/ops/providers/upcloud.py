@@ -123,8 +123,11 @@ class UpCloudProvider(Provider):
         else:
             _progress(20, f"{server.hostname} exists on UpCloud ({cloud['uuid']}, "
                           f"{cloud.get('state')}): not creating another")
+            if cloud.get("state") == "stopped":  # stopped by hand: create means running
+                _progress(25, f"starting {server.hostname} ({cloud['uuid']})")
+                self.api.start_server(cloud["uuid"])
         cloud = self._wait_state(cloud["uuid"], ("started",), self._timeout("create"),
-                                 f"{server.hostname} to start", base=30)
+                                 f"{server.hostname} to start", base=30, span=60)
         record = self._record(server, cloud)
         # created=False only when our record and the cloud agree; a server found by its
         # labels but not recorded (a crash between the request and the record) is adopted.
@@ -185,7 +188,7 @@ class UpCloudProvider(Provider):
         return float(self.settings.get(f"{op}_timeout_s", 600))
 
     def _wait_state(self, uuid: str, states: tuple[str, ...], timeout: float, what: str,
-                    *, base: int) -> dict[str, Any]:
+                    *, base: int, span: int) -> dict[str, Any]:
         """Poll the server until it is in one of `states`; PROGRESS as it goes."""
         last: dict[str, Any] = {}
         start = time.monotonic()
@@ -197,7 +200,7 @@ class UpCloudProvider(Provider):
                                         f"{what}")
             last.update(server)
             spent = time.monotonic() - start
-            _progress(base + int(60 * min(1.0, spent / max(timeout, 1))),
+            _progress(base + int(span * min(1.0, spent / max(timeout, 1))),
                       f"waiting for {what}: {server.get('state')}")
             return server if server.get("state") in states else None
 
@@ -231,11 +234,13 @@ class UpCloudProvider(Provider):
         uuid, timeout = cloud["uuid"], self._timeout("delete")
         if cloud.get("state") not in ("started", "stopped"):
             cloud = self._wait_state(uuid, ("started", "stopped"), timeout,
-                                     f"{hostname} to leave {cloud.get('state')}", base=80)
+                                     f"{hostname} to leave {cloud.get('state')}", base=80,
+                                     span=2)
         if cloud.get("state") == "started":
             _progress(82, f"stopping {hostname} ({uuid})")
             self._retry_illegal(lambda: self.api.stop_server(uuid), timeout, f"stop {hostname}")
-            self._wait_state(uuid, ("stopped",), timeout, f"{hostname} to stop", base=84)
+            self._wait_state(uuid, ("stopped",), timeout, f"{hostname} to stop", base=84,
+                             span=5)
         _progress(90, f"deleting {hostname} ({uuid}) and its storage")
         self._retry_illegal(lambda: self.api.delete_server(uuid), timeout,
                             f"delete {hostname}")

@@ -119,7 +119,9 @@ def check_endpoint(url: str) -> str | None:
 class UpCloudAPI:
     def __init__(self, endpoint: str = "", *, auth: str, auth_source: str = "",
                  log: Any = print, sleep: Any = time.sleep):
-        self.root = (endpoint or DEFAULT_ENDPOINT).rstrip("/") + "/" + API_VERSION
+        base = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        base = base[:-len("/" + API_VERSION)] if base.endswith("/" + API_VERSION) else base
+        self.root = base + "/" + API_VERSION
         self._auth = auth
         self.auth_source = auth_source
         self._log = log
@@ -210,6 +212,9 @@ class UpCloudAPI:
 
     def create_server(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.request("POST", "/server", {"server": body}, what="create server")["server"]
+
+    def start_server(self, uuid: str) -> None:
+        self.request("POST", f"/server/{uuid}/start", what=f"start server {uuid}")
 
     def stop_server(self, uuid: str, timeout_s: int = 60) -> None:
         self.request("POST", f"/server/{uuid}/stop",
