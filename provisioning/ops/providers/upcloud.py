@@ -306,32 +306,37 @@ class UpCloudProvider(Provider):
         return {"address": record.get("address"), "port": int(record.get("port", 22)),
                 "user": record.get("ssh_user") or self.settings.get("ssh_user", "root"),
                 "identity_file": self.settings.get("identity_file"),
-                "host_key": record.get("host_key"),
-                "trust_on_first_use": bool(self.settings.get("trust_on_first_use", False))}
+                "host_key": record.get("host_key")}
 
     # -- on the server: through the SSH transport (DESIGN.md 11) ----------------------
-    def _transport(self):
-        try:
-            from provisioning.transport import Transport  # lazy: only for taskservs
-        except ImportError as e:
-            raise ProvisioningError("the SSH transport (provisioning.transport) is not "
-                                    "available in this build") from e
-        return Transport(self.state.data_dir)
-
-    def _conn(self, hostname: str) -> dict[str, Any]:
+    def _transport(self, hostname: str) -> tuple[Any, dict[str, Any]]:
+        """The transport and this server's connection facts; its host key checked
+        (learned first when the infra trusts on first use) once per provider."""
+        if getattr(self, "_ssh", None) is None:
+            try:
+                from provisioning.transport import Transport  # lazy: only for taskservs
+            except ImportError as e:
+                raise ProvisioningError("the SSH transport (provisioning.transport) is not "
+                                        "available in this build") from e
+            self._ssh, self._keys_checked = Transport(self.state.data_dir), set()
         record = self.state.server(self.infra, hostname)
         if record is None:
             raise ProvisioningError(f"server '{hostname}' is not recorded in infra {self.infra}")
-        return self.connection(record)
+        conn = self.connection(record)
+        if hostname not in self._keys_checked:
+            self._ssh.learn_host_key(conn, bool(self.settings.get("trust_on_first_use", False)))
+            self._keys_checked.add(hostname)
+        return self._ssh, conn
 
     def run(self, hostname: str, argv: list[str], *, input: str | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None
             ) -> subprocess.CompletedProcess[str]:
-        return self._transport().run(self._conn(hostname), argv, input=input, env=env,
-                                     timeout=timeout)
+        ssh, conn = self._transport(hostname)
+        return ssh.run(conn, argv, input=input, env=env, timeout=timeout)
 
     def copy_file(self, hostname: str, src: Path, dest: str, *, mode: int = 0o600) -> None:
-        self._transport().copy(self._conn(hostname), src, dest, mode=mode)
+        ssh, conn = self._transport(hostname)
+        ssh.copy(conn, src, dest, mode=mode)
 
 
 def _progress(percent: int, message: str) -> None:
