@@ -26,6 +26,8 @@ Usage: install.sh [options]
   --prefix DIR        install under DIR (default: /usr/local as root, ~/.local otherwise)
   --enable-service    enable and start the orchestrator service (systemd or launchd)
   --no-service        do not write a service unit
+  --no-providers      skip the providers bundle (provider SDK wheels, e.g. boto3)
+                      even when SHA256SUMS lists one
   --service-dir DIR   write the service unit into DIR instead of the system location
   --uninstall         remove everything the last install wrote (see the manifest)
   --purge             with --uninstall: also delete the orchestrator's data dir
@@ -55,6 +57,7 @@ parse_args() {
     OPT_UNINSTALL=0
     OPT_PURGE=0
     OPT_DRY_RUN=0
+    OPT_NO_PROVIDERS=0
     while [ $# -gt 0 ]; do
         case $1 in
             --bundle) [ $# -ge 2 ] || die "--bundle needs a value"; OPT_BUNDLE=$2; shift ;;
@@ -66,6 +69,7 @@ parse_args() {
             --service-dir=*) OPT_SERVICE_DIR=${1#*=} ;;
             --enable-service) OPT_ENABLE=1 ;;
             --no-service) OPT_NO_SERVICE=1 ;;
+            --no-providers) OPT_NO_PROVIDERS=1 ;;
             --uninstall) OPT_UNINSTALL=1 ;;
             --purge) OPT_PURGE=1 ;;
             --dry-run) OPT_DRY_RUN=1 ;;
@@ -217,9 +221,20 @@ pick_bundle() {
     fi
 }
 
+# The providers bundle (pure-Python wheels: one for every platform), if listed.
+pick_providers() {
+    PROVIDERS_NAME=
+    [ "$OPT_NO_PROVIDERS" = 1 ] && return 0
+    PROVIDERS_NAME=$(sed -n 's/^[0-9a-fA-F]\{64\}  *\*\{0,1\}\(provisioning-providers-[^ ]*\.tar\.gz\)$/\1/p' "$SUMS_FILE")
+    if [ "$(printf '%s' "$PROVIDERS_NAME" | grep -c . || true)" -gt 1 ]; then
+        die "several providers bundles in SHA256SUMS; pass --bundle FILE: $(echo "$PROVIDERS_NAME" | tr '\n' ' ')"
+    fi
+}
+
 choose_bundles() {
     CORE_NAME=
     PLATFORM_NAME=
+    PROVIDERS_NAME=
     if [ -z "$SUMS_FILE" ]; then
         return 0  # dry run of an online install: nothing fetched
     fi
@@ -227,10 +242,11 @@ choose_bundles() {
         case $ONLY_FILE in
             provisioning-core-*.tar.gz) CORE_NAME=$ONLY_FILE ;;
             provisioning-platform-*.tar.gz) PLATFORM_NAME=$ONLY_FILE ;;
-            *) die "$ONLY_FILE is not a provisioning-core-* or provisioning-platform-* bundle" ;;
+            provisioning-providers-*.tar.gz) PROVIDERS_NAME=$ONLY_FILE ;;
+            *) die "$ONLY_FILE is not a provisioning-core-*, -platform-* or -providers-* bundle" ;;
         esac
         case $ONLY_FILE in
-            *"-$HOST_TAG-"*) ;;
+            *"-$HOST_TAG-"* | provisioning-providers-*) ;;
             *) die "$ONLY_FILE is not built for this host ($HOST_TAG)" ;;
         esac
     else
@@ -238,15 +254,18 @@ choose_bundles() {
         CORE_NAME=$PICKED
         pick_bundle platform
         PLATFORM_NAME=$PICKED
+        pick_providers
         [ -n "$CORE_NAME" ] || [ -n "$PLATFORM_NAME" ] || die "SHA256SUMS lists no provisioning bundles"
     fi
     if [ -z "$CORE_NAME" ] && [ ! -f "$PREFIX/bin/provisioning" ]; then
-        die "installing the platform bundle alone needs the core bundle installed first ($PREFIX/bin/provisioning is missing)"
+        CB_WHAT=platform
+        [ -n "$PROVIDERS_NAME" ] && CB_WHAT=providers
+        die "installing the $CB_WHAT bundle alone needs the core bundle installed first ($PREFIX/bin/provisioning is missing)"
     fi
 }
 
 fetch_and_verify() {
-    for FV_NAME in $CORE_NAME $PLATFORM_NAME; do
+    for FV_NAME in $CORE_NAME $PLATFORM_NAME $PROVIDERS_NAME; do
         if [ -z "$OPT_BUNDLE" ]; then
             curl -fsSL "$BASE_URL/$FV_NAME" -o "$SRC_DIR/$FV_NAME" || die "cannot download $BASE_URL/$FV_NAME"
         fi
@@ -401,6 +420,51 @@ install_tree() {
     done <"$TMP/$2.files"
 }
 
+# ---------------------------------------------------------------- provider SDKs
+
+# Unpack the bundle's wheels into <prefix>/lib/provisioning-providers (beside the
+# lib dir, where provisioning/ops/providers/sdk.py looks), replacing an older one
+# whole. Pure-Python wheels are zip files laid out as site-packages: unzipping them
+# (with this python3, so no pip is needed) is their install.
+# Each wheel against the bundle's own wheels/SHA256SUMS, before anything is written.
+verify_providers() {
+    VP_WHEELS="$1/wheels"
+    [ -f "$VP_WHEELS/SHA256SUMS" ] || die "the providers bundle has no wheels/SHA256SUMS"
+    while read -r VP_WANT VP_NAME; do
+        [ -f "$VP_WHEELS/$VP_NAME" ] || die "the providers bundle lacks $VP_NAME"
+        [ "$(file_sha256 "$VP_WHEELS/$VP_NAME")" = "$VP_WANT" ] || die "checksum mismatch for wheel $VP_NAME: refusing to install anything"
+    done <"$VP_WHEELS/SHA256SUMS"
+}
+
+install_providers() {
+    IP_WHEELS="$1/wheels"
+    IP_DEST="$PREFIX/lib/provisioning-providers"
+    make_dirs "$PREFIX/lib" 0755 providers
+    IP_NEW="$IP_DEST.install-tmp.$$"
+    rm -rf "$IP_NEW"
+    mkdir -m 0755 "$IP_NEW" || die "cannot create $IP_NEW"
+    while read -r _ IP_NAME; do
+        "$PYTHON" -m zipfile -e "$IP_WHEELS/$IP_NAME" "$IP_NEW" || die "cannot unpack wheel $IP_NAME"
+    done <"$IP_WHEELS/SHA256SUMS"
+    # a wheel's <name>.data/: purelib/platlib belong in site-packages; scripts are not needed
+    for IP_DATA in "$IP_NEW"/*.data; do
+        [ -d "$IP_DATA" ] || continue
+        for IP_SUB in purelib platlib; do
+            if [ -d "$IP_DATA/$IP_SUB" ]; then cp -R "$IP_DATA/$IP_SUB/." "$IP_NEW/"; fi
+        done
+        rm -rf "$IP_DATA"
+    done
+    cp "$IP_WHEELS/SHA256SUMS" "$IP_NEW/WHEELS.SHA256SUMS"
+    chmod -R u+rwX,go+rX,go-w "$IP_NEW"
+    if [ -e "$IP_DEST" ]; then
+        mv "$IP_DEST" "$IP_DEST.old.$$" || die "cannot replace $IP_DEST"
+    fi
+    mv "$IP_NEW" "$IP_DEST" || die "cannot write $IP_DEST"
+    rm -rf "$IP_DEST.old.$$"
+    printf 'providers t %s\n' "$IP_DEST" >>"$NEW_MANIFEST"
+    note "installed $(grep -c . "$IP_WHEELS/SHA256SUMS") provider SDK wheels into $IP_DEST"
+}
+
 # ---------------------------------------------------------------- the service
 
 service_plan() {
@@ -501,7 +565,8 @@ service_shiv_root() {
 
 # ---------------------------------------------------------------- manifest
 
-# Lines: "<component> <f|l|x|d> <absolute path>". d = a directory we created.
+# Lines: "<component> <f|l|x|t|d> <absolute path>". d = a directory we created,
+# t = a whole tree we own (the provider SDKs), x = a zipapp extraction.
 finish_manifest() {
     if [ -f "$MANIFEST" ]; then
         # Keep the other component's entries when only one bundle was installed,
@@ -525,6 +590,7 @@ finish_manifest() {
                     else
                         rm -rf "$FM_PATH"
                     fi ;;
+                t) case $FM_PATH in */provisioning-providers) rm -rf "$FM_PATH" ;; esac ;;
                 *) rm -f "$FM_PATH" ;;
             esac
         done <"$MANIFEST"
@@ -541,6 +607,10 @@ print_plan() {
     say "plan (dry run, nothing is written):"
     say "  prefix:   $PREFIX"
     say "  python:   $PYTHON"
+    if [ -n "$PROVIDERS_NAME" ]; then
+        say "  bundle:   $PROVIDERS_NAME (checksum verified)"
+        say "  install:  $PREFIX/lib/provisioning-providers ($(tar -tzf "$SRC_DIR/$PROVIDERS_NAME" | grep -c '\.whl$') wheels)"
+    fi
     for PP_NAME in $CORE_NAME $PLATFORM_NAME; do
         say "  bundle:   $PP_NAME (checksum verified)"
         tar -tzf "$SRC_DIR/$PP_NAME" | sed -n 's|^[^/]*/\(.*[^/]\)$|\1|p' | grep -vx BUNDLE |
@@ -582,14 +652,22 @@ do_install() {
         PLATFORM_ROOT=$BUNDLE_ROOT
         INSTALLED_COMPONENTS="$INSTALLED_COMPONENTS platform"
     fi
+    PROVIDERS_ROOT=
+    if [ -n "$PROVIDERS_NAME" ]; then
+        unpack providers "$PROVIDERS_NAME"
+        PROVIDERS_ROOT=$BUNDLE_ROOT
+        verify_providers "$PROVIDERS_ROOT"
+        INSTALLED_COMPONENTS="$INSTALLED_COMPONENTS providers"
+    fi
 
     NEW_MANIFEST="$TMP/manifest.new"
     : >"$NEW_MANIFEST"
     if [ -n "$CORE_ROOT" ]; then install_tree "$CORE_ROOT" core; fi
     if [ -n "$PLATFORM_ROOT" ]; then install_tree "$PLATFORM_ROOT" platform; fi
+    if [ -n "$PROVIDERS_ROOT" ]; then install_providers "$PROVIDERS_ROOT"; fi
     install_service
 
-    BUILD_ID=$(bundle_field "${CORE_ROOT:-$PLATFORM_ROOT}" build_id)
+    BUILD_ID=$(bundle_field "${CORE_ROOT:-${PLATFORM_ROOT:-$PROVIDERS_ROOT}}" build_id)
     if [ -n "$CORE_ROOT" ] && [ -n "$USER_SHIV_ROOT" ]; then
         extract_into "$USER_SHIV_ROOT"
     fi
@@ -601,6 +679,7 @@ do_install() {
     say "installed provisioning into $PREFIX ($INSTALLED_COMPONENTS )"
     if [ -n "$CORE_ROOT" ]; then say "  core $(bundle_field "$CORE_ROOT" version)"; fi
     if [ -n "$PLATFORM_ROOT" ]; then say "  platform $(bundle_field "$PLATFORM_ROOT" version)"; fi
+    if [ -n "$PROVIDERS_ROOT" ]; then say "  providers $(bundle_field "$PROVIDERS_ROOT" version) ($(tr '\n' ' ' <"$PROVIDERS_ROOT/requirements.txt"))"; fi
     [ "$SVC_KIND" != none ] && say "  service unit: $SVC_DEST"
     case ":${PATH:-}:" in
         *":$PREFIX/bin:"*) ;;
@@ -662,6 +741,7 @@ do_uninstall() {
         case $UN_KIND in
             f | l) rm -f "$UN_PATH" ;;
             x) case $UN_PATH in */provisioning_*) rm -rf "$UN_PATH" ;; esac ;;
+            t) case $UN_PATH in */provisioning-providers) rm -rf "$UN_PATH" ;; esac ;;
         esac
     done <"$MANIFEST"
     if [ -n "$PURGE_DIR" ]; then rm -rf "$PURGE_DIR" && say "purged $PURGE_DIR"; fi

@@ -7,9 +7,13 @@ Every run gets PATH with only system dirs (+ the prefix), its own HOME (so
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -146,6 +150,76 @@ def test_offline_install_runs_orchestrated_workflow_and_uninstalls_cleanly(
     assert r.returncode == 0, r.stderr
     assert host.listing() == before
     assert (host.tmp / "data").exists()  # never the data dir without --purge
+
+
+PROBE_OP = """\
+import json
+from provisioning.ops.protocol import run_op
+from provisioning.ops.providers.sdk import import_sdk
+
+def probe(ctx):
+    boto3 = import_sdk("boto3", provider="aws", extra="aws")
+    with open(ctx.params["out"], "w") as f:
+        json.dump({"version": boto3.__version__, "file": boto3.__file__}, f)
+    return {}
+
+run_op(probe)
+"""
+
+
+@pytest.mark.slow
+def test_providers_bundle_installs_offline_and_tasks_of_the_zipapp_import_the_sdk(
+        dist: Path, host: Host) -> None:
+    before = host.listing()
+    r = host.install(dist)
+    assert r.returncode == 0, r.stderr
+    assert "verified provisioning-providers-" in r.stderr
+    site = host.prefix / "lib" / "provisioning-providers"
+    assert (site / "boto3" / "__init__.py").is_file() and (site / "botocore").is_dir()
+    assert not list(site.glob("*.data"))
+    manifest = (host.prefix / "share/provisioning/install-manifest").read_text()
+    assert f"providers t {site}\n" in manifest
+    # a task run by the installed zipapp imports boto3 from there (the zipapp has none)
+    lib = host.tmp / "extlib"
+    (lib / "probe").mkdir(parents=True)
+    (lib / "probe" / "sdk.py").write_text(PROBE_OP)
+    out = host.tmp / "probe.json"
+    wf = host.tmp / "wf.toml"
+    wf.write_text(f'[[tasks]]\nid = "p"\nop = "probe.sdk"\nparams = {{ out = "{out}" }}\n')
+    r = subprocess.run(["provisioning", "--direct", "workflow", "submit", str(wf)],
+                       capture_output=True, text=True, cwd=host.tmp, timeout=120,
+                       env=host.env(PROVISIONING_LIB=str(lib)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert Path(json.loads(out.read_text())["file"]).is_relative_to(site)
+    # --no-providers on a reinstall keeps what is there; uninstall removes it all
+    assert host.install(dist, "--no-providers").returncode == 0 and site.is_dir()
+    r = host.install_sh("--uninstall", "--prefix", str(host.prefix))
+    assert r.returncode == 0, r.stderr
+    assert host.listing() == before
+
+
+@pytest.mark.slow
+def test_tampered_wheel_in_the_providers_bundle_is_refused(dist: Path, host: Host) -> None:
+    bad = host.tmp / "dist"
+    shutil.copytree(dist, bad)
+    (bundle,) = bad.glob("provisioning-providers-*.tar.gz")
+    with tarfile.open(bundle) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isfile() else None)
+                   for m in tf.getmembers()]
+    with tarfile.open(bundle, "w:gz") as tf:
+        for m, data in members:
+            if data is not None and m.name.endswith(".whl") and "/six-" in m.name:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    sums = bad / "SHA256SUMS"
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    sums.write_text("".join(f"{digest}  {bundle.name}\n" if line.endswith(bundle.name)
+                            else line + "\n" for line in sums.read_text().splitlines()))
+    before = host.listing()
+    r = host.install(bad)
+    assert r.returncode != 0
+    assert "checksum mismatch for wheel six-" in r.stderr
+    assert host.listing() == before
 
 
 @pytest.mark.slow

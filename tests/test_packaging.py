@@ -89,7 +89,8 @@ def test_build_outputs_are_named_and_summed(built: dict[str, Path]) -> None:
     assert (dist / "provisioning").read_bytes().startswith(b"#!/usr/bin/env python3\n")
     sums = dict(reversed(line.split("  ", 1)) for line in
                 (dist / "SHA256SUMS").read_text().splitlines())
-    assert set(sums) == {"provisioning", core.name, plat.name, "install.sh"}
+    (providers,) = dist.glob(f"provisioning-providers-{CORE_VERSION}.tar.gz")
+    assert set(sums) == {"provisioning", core.name, plat.name, providers.name, "install.sh"}
     import hashlib
 
     for name, digest in sums.items():
@@ -119,6 +120,33 @@ def test_bundle_layout_and_fixed_metadata(built: dict[str, Path]) -> None:
         assert {"share/provisioning/units/provisioning-orchestrator.service",
                 "share/provisioning/units/io.provisioning.orchestrator.plist",
                 "share/provisioning/versions.toml"} <= set(members)
+
+
+@pytest.mark.slow
+def test_providers_bundle_holds_pure_wheels_with_their_sums(built: dict[str, Path]) -> None:
+    import hashlib
+
+    (bundle,) = built["dist"].glob("provisioning-providers-*.tar.gz")
+    top = bundle.name[:-len(".tar.gz")]
+    with tarfile.open(bundle) as tf:
+        files = {m.name[len(top) + 1:]: tf.extractfile(m).read()
+                 for m in tf.getmembers() if m.isfile()}
+    wheels = {n.split("/", 1)[1] for n in files if n.endswith(".whl")}
+    assert any(w.startswith("boto3-") for w in wheels)
+    assert any(w.startswith("botocore-") for w in wheels)
+    assert all(w.endswith("-none-any.whl") for w in wheels)  # one bundle for every platform
+    sums = dict(reversed(line.split("  ", 1))
+                for line in files["wheels/SHA256SUMS"].decode().splitlines())
+    assert set(sums) == wheels
+    for name, digest in sums.items():
+        assert hashlib.sha256(files[f"wheels/{name}"]).hexdigest() == digest
+    assert files["requirements.txt"].decode().splitlines() == ["boto3>=1.28"]
+    meta = files["BUNDLE"].decode()
+    assert "component=providers" in meta and f"version={CORE_VERSION}" in meta
+    # the core zipapp does not grow by the SDKs
+    with zipfile.ZipFile(built["dist"] / "provisioning") as z:
+        assert not any(n.startswith(("site-packages/boto3/", "site-packages/botocore/"))
+                       for n in z.namelist())
 
 
 @pytest.mark.slow

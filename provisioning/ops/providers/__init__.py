@@ -28,12 +28,13 @@ if TYPE_CHECKING:
 
 BUILTIN = {"local": "provisioning.ops.providers.local:LocalProvider",
            "ssh": "provisioning.ops.providers.ssh:SshProvider",
-           "aws": "provisioning.ops.providers.aws:AwsProvider"}
+           "aws": "provisioning.ops.providers.aws:AwsProvider",
+           "upcloud": "provisioning.ops.providers.upcloud:UpCloudProvider"}
 
 # Environment variables (by prefix) that a provider's tasks get from the daemon's
 # environment: its credentials and their config (task environments are cleaned,
 # engine/taskrun.py). Only tasks of business ops whose infra uses that provider.
-CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {"aws": ("AWS_",)}
+CREDENTIAL_ENV: dict[str, tuple[str, ...]] = {"aws": ("AWS_",), "upcloud": ("UPCLOUD_",)}
 BUSINESS_OPS = ("server.", "taskserv.", "cluster.")
 
 
