@@ -11,6 +11,8 @@ PROVISIONING_TEST_PG_CTL/_DATA/_USER let a test stop and start the server.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -56,9 +58,26 @@ def pg_ctl(action: str, *extra: str, timeout: float = 60) -> None:
         pytest.skip("PROVISIONING_TEST_PG_CTL/_DATA unset: cannot restart the test server")
     user = _ENV["USER"]
     log = os.path.join(os.path.dirname(data), "server.log")
+    if action == "start":  # the options it was first started with (restart reuses them)
+        extra = ("-o", _first_options(data), *extra)
     argv = [ctl, "-D", data, "-l", log, "-w", "-t", "60", *extra, action]
     if user:
-        argv = ["runuser", "-u", user, "--", *argv]
+        argv = [shutil.which("runuser") or "/usr/sbin/runuser", "-u", user, "--", *argv]
     subprocess.run(argv, check=True, timeout=timeout, stdin=subprocess.DEVNULL,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/")
+                   env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}, cwd="/")
+
+
+def _first_options(data: str) -> str:
+    """The server options of postmaster.opts (port, socket dir...), less -D."""
+    with open(os.path.join(data, "postmaster.opts")) as f:
+        words = shlex.split(f.read())[1:]
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "-D":
+            skip = True
+        else:
+            out.append(word)
+    return shlex.join(out)

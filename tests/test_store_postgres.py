@@ -9,6 +9,8 @@ Every test gets a database of its own on the server .ci/run starts
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import time
 import uuid
@@ -252,7 +254,60 @@ def test_the_daemon_answers_health_on_postgres(dsn, tmp_path):
         assert status == 202, body
         d.wait_workflow(body["workflow_id"])
         assert sql(dsn, "SELECT count(*) FROM tasks WHERE status = 'succeeded'") == [(20,)]
-        assert d.health()["status"] == "healthy"
+        health = d.health()
+        assert health["status"] == "healthy" and health["storage_backend"] == "postgres"
+        assert health["record_writer_pid"] is None
     finally:
         d.stop()
     assert str(uuid.UUID(body["workflow_id"])) == body["workflow_id"]
+
+
+# -- one daemon per database (until several share the queue) ---------------------------
+
+def test_a_second_store_loading_the_same_database_is_refused(dsn, tmp_path):
+    first = PostgresStore(dsn, DataPaths(tmp_path / "a"))
+    first.load()
+    second = PostgresStore(dsn, DataPaths(tmp_path / "b"))
+    with pytest.raises(schema.DatabaseUnavailable) as e:
+        second.load()
+    assert "another orchestrator uses the PostgreSQL database" in str(e.value)
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in str(e.value)
+    first.close()
+    assert second.load() == ([], [])  # released with the first one's connection
+    second.close()
+
+
+def test_a_store_whose_database_was_taken_over_never_writes_again(dsn, tmp_path):
+    first = PostgresStore(dsn, DataPaths(tmp_path / "a"))
+    first.load()
+    wf, tasks = make()
+    first.add_workflow(wf, tasks)
+    sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+             "WHERE application_name = 'provisioning-orchestrator' AND pid <> pg_backend_pid()")
+    second = PostgresStore(dsn, DataPaths(tmp_path / "b"))
+    second.load()  # took the database while the first was cut off
+    messages = []
+    deadline = time.monotonic() + 10
+    while len([m for m in messages if "took the database over" in m]) < 2:
+        # first the lost connection, then (after the backoff) the lock found taken, for good
+        with pytest.raises(schema.DatabaseUnavailable) as e:
+            first.save_task(dict(tasks[0], status="failed"))
+        messages.append(str(e.value))
+        assert time.monotonic() < deadline, messages
+        time.sleep(0.1)
+    assert "lost the PostgreSQL database" in messages[0]
+    assert second.load()[1][0]["status"] == "queued"
+    second.close()
+
+
+def test_a_second_daemon_on_the_same_database_is_refused(dsn, tmp_path):
+    (tmp_path / "one").mkdir()
+    d = start_daemon(tmp_path / "one", storage={"backend": "postgres", "postgres_dsn": dsn,
+                                                 "data_dir": str(tmp_path / "one-data")})
+    try:
+        result = orchestrator(pg_config(tmp_path, dsn))
+        assert result.returncode == 1, result.stderr
+        assert "another orchestrator uses the PostgreSQL database" in result.stderr
+        assert f"pid {d.pid}" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        d.stop()

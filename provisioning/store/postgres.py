@@ -9,6 +9,15 @@ ahead of them. Task processes still write their log and checkpoint to local
 files under the data dir (``task_log_path``); the log of a task that
 finished is copied into ``task_logs``, so any daemon can show it.
 
+One daemon per database, for now: ``load()`` (the engine's start) takes a
+session advisory lock that the store's connection holds for life, and a
+second daemon on the same database is refused, naming the first (host, pid,
+since when). Several daemons sharing one queue (claims under leases) are
+the next step, README "Running several orchestrators". If the connection
+breaks, the lock goes with it; the store takes it again on reconnecting, and
+if another daemon took the database over meanwhile, this store never writes
+again (every call raises DatabaseUnavailable): fencing at the store.
+
 The connection is one per store, used under a lock (the Store contract lets
 any thread call). When it breaks (database restarted, network lost) the
 call raises DatabaseUnavailable (HTTP 503; the engine's committer keeps the
@@ -22,6 +31,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -41,6 +52,7 @@ log = logging.getLogger("provisioning.store")
 T = TypeVar("T")
 MAX_LOG_BYTES = 8 * 1024 * 1024  # a longer task log is kept by its end
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0
+DAEMON_LOCK = 0x70726F77  # pg_try_advisory_lock key held by the database's one daemon
 
 UPSERT_TASK = ("INSERT INTO tasks (key, workflow_id, status, rec) VALUES (%s, %s, %s, %s) "
                "ON CONFLICT (key) DO UPDATE SET status = EXCLUDED.status, rec = EXCLUDED.rec")
@@ -89,6 +101,8 @@ class PostgresStore(Store):
         self._next_try = 0.0
         self._backoff = BACKOFF_FIRST_S
         self._lost_logged = False
+        self._exclusive = False  # load() took the daemon lock: take it again on reconnect
+        self._taken_over: str | None = None
         self._conn = schema.connect(dsn)
         try:
             schema.check_version(self._conn)
@@ -102,6 +116,8 @@ class PostgresStore(Store):
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
+        if self._taken_over:
+            raise schema.DatabaseUnavailable(self._taken_over)
         now = time.monotonic()
         if now < self._next_try:
             raise schema.DatabaseUnavailable(
@@ -113,10 +129,43 @@ class PostgresStore(Store):
             self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
             raise
+        if self._exclusive:
+            self._relock(self._conn)
         if self._lost_logged:
             log.warning("reconnected to the PostgreSQL database at %s", self.where)
         self._backoff, self._next_try, self._lost_logged = BACKOFF_FIRST_S, 0.0, False
         return self._conn
+
+    def _relock(self, conn: Any) -> None:
+        """After a reconnect: the daemon lock again, or stop writing for good."""
+        try:
+            self._take_daemon_lock(conn)
+        except schema.DatabaseUnavailable as e:
+            self._taken_over = (f"{e.message}; it took the database over while this daemon "
+                                "was cut off: this daemon writes nothing more (restart it)")
+            log.error("%s", self._taken_over)
+            conn.close()
+            self._conn = None
+            raise schema.DatabaseUnavailable(self._taken_over) from None
+
+    def _take_daemon_lock(self, conn: Any) -> None:
+        """The database's one-daemon lock on ``conn``, and this daemon's row in
+        ``daemons``; DatabaseUnavailable naming the holder if another has it."""
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,))
+            if not cur.fetchone()[0]:
+                cur.execute("SELECT host, pid, started_at FROM daemons "
+                            "ORDER BY heartbeat_at DESC LIMIT 1")
+                row = cur.fetchone()
+                holder = (f"pid {row[1]} on {row[0]}, since {row[2]:%Y-%m-%d %H:%M:%S %Z}"
+                          if row else "unknown")
+                raise schema.DatabaseUnavailable(
+                    f"another orchestrator uses the PostgreSQL database at {self.where} "
+                    f"({holder})", hint="one daemon per database for now: stop it, or give "
+                                        "this one a database of its own")
+            me = (f"{socket.gethostname()}:{os.getpid()}", socket.gethostname(), os.getpid())
+            cur.execute("DELETE FROM daemons")
+            cur.execute("INSERT INTO daemons (id, host, pid) VALUES (%s, %s, %s)", me)
 
     def run(self, work: Callable[[Any], T]) -> T:
         """``work(connection)`` under the lock; a lost connection becomes
@@ -228,7 +277,12 @@ class PostgresStore(Store):
 
     def load(self) -> tuple[list[Record], list[Record]]:
         """Every workflow in submission order with its tasks in task_ids order;
-        records that cannot be trusted go to the ``quarantine`` table."""
+        records that cannot be trusted go to the ``quarantine`` table. The
+        first load takes the database's one-daemon lock (module docstring)."""
+        if not self._exclusive:
+            self.run(self._take_daemon_lock)
+            self._exclusive = True
+
         def read(conn: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT id, rec::text FROM workflows ORDER BY seq, created_at, id")
@@ -320,10 +374,11 @@ class PostgresStore(Store):
         return None  # the database server writes; nothing of ours
 
     def close(self) -> None:
-        """Close the connection; a later write opens a new one."""
+        """Close the connection (and so release the daemon lock); a later write
+        opens a new one, without the lock: this daemon is done with the database."""
         with self._lock:
             conn, self._conn = self._conn, None
-            self._next_try = 0.0
+            self._next_try, self._exclusive = 0.0, False
         if conn is not None:
             conn.close()
 
