@@ -9,21 +9,12 @@ ahead of them. Task processes still write their log and checkpoint to local
 files under the data dir (``task_log_path``); the log of a task that
 finished is copied into ``task_logs``, so any daemon can show it.
 
-One daemon per database, for now: ``load()`` (the engine's start) takes a
-session advisory lock that the store's connection holds for life, and a
-second daemon on the same database is refused, naming the first (host, pid,
-since when). Several daemons sharing one queue (claims under leases) are
-the next step, README "Running several orchestrators". If the connection
-breaks, the lock goes with it; the store takes it again on reconnecting, and
-if another daemon took the database over meanwhile, this store never writes
-again (every call raises DatabaseUnavailable): fencing at the store.
-
-The connection is one per store, used under a lock (the Store contract lets
-any thread call). When it breaks (database restarted, network lost) the
-call raises DatabaseUnavailable (HTTP 503; the engine's committer keeps the
-records and writes them again with its next batch) and later calls
-reconnect, at most once per backoff step (0.5 s doubling to 10 s), so a
-database that is down is not hammered and a submission is never
+One daemon per database, for now: postgres_session.py holds the connection,
+its reconnect backoff and the one-daemon lock that ``load()`` takes.
+Several daemons sharing one queue (claims under leases) are the next step,
+README "Running several orchestrators". A call whose connection broke raises
+DatabaseUnavailable (HTTP 503): the engine's committer keeps the records and
+writes them again with its next batch, and a submission is never
 acknowledged before its transaction committed.
 """
 
@@ -31,13 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from provisioning import fsutil
 from provisioning.model import FINISHED_TASK, first_task_records, task_key
@@ -46,13 +33,11 @@ from provisioning.paths import DataPaths
 from provisioning.store import checks
 from provisioning.store import postgres_schema as schema
 from provisioning.store.fileio import storage_errors
+from provisioning.store.postgres_session import Session
 
 log = logging.getLogger("provisioning.store")
 
-T = TypeVar("T")
 MAX_LOG_BYTES = 8 * 1024 * 1024  # a longer task log is kept by its end
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0
-DAEMON_LOCK = 0x70726F77  # pg_try_advisory_lock key held by the database's one daemon
 
 UPSERT_TASK = ("INSERT INTO tasks (key, workflow_id, status, rec) VALUES (%s, %s, %s, %s) "
                "ON CONFLICT (key) DO UPDATE SET status = EXCLUDED.status, rec = EXCLUDED.rec")
@@ -88,110 +73,14 @@ class PostgresStore(Store):
     def __init__(self, dsn: str, data_paths: DataPaths):
         """Connects, and checks (or, in an empty database, creates) the schema:
         raises DatabaseUnavailable or SchemaMismatch, never a driver's error."""
-        self.pg = schema.require_driver()
-        self.dsn = dsn
-        self.where = schema.describe(dsn)
         self.paths = data_paths
         with storage_errors(data_paths.data_dir):
             for d in (data_paths.data_dir, data_paths.logs_dir, data_paths.checkpoints_dir):
                 fsutil.ensure_private_dir(d)
-        self._lock = threading.RLock()
         self._made_dirs: set[Path] = set()
         self._quarantined = 0
-        self._next_try = 0.0
-        self._backoff = BACKOFF_FIRST_S
-        self._lost_logged = False
-        self._exclusive = False  # load() took the daemon lock: take it again on reconnect
-        self._taken_over: str | None = None
-        self._conn = schema.connect(dsn)
-        try:
-            schema.check_version(self._conn)
-        except BaseException:
-            self._conn.close()
-            raise
-
-    # -- the connection --------------------------------------------------------------
-
-    def _connection(self) -> Any:
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            return conn
-        if self._taken_over:
-            raise schema.DatabaseUnavailable(self._taken_over)
-        now = time.monotonic()
-        if now < self._next_try:
-            raise schema.DatabaseUnavailable(
-                f"the PostgreSQL database at {self.where} is unavailable; reconnecting "
-                f"in {self._next_try - now:.1f}s", hint="retry shortly")
-        try:
-            self._conn = schema.connect(self.dsn)
-        except schema.DatabaseUnavailable:
-            self._next_try = time.monotonic() + self._backoff
-            self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
-            raise
-        if self._exclusive:
-            self._relock(self._conn)
-        if self._lost_logged:
-            log.warning("reconnected to the PostgreSQL database at %s", self.where)
-        self._backoff, self._next_try, self._lost_logged = BACKOFF_FIRST_S, 0.0, False
-        return self._conn
-
-    def _relock(self, conn: Any) -> None:
-        """After a reconnect: the daemon lock again, or stop writing for good."""
-        try:
-            self._take_daemon_lock(conn)
-        except schema.DatabaseUnavailable as e:
-            self._taken_over = (f"{e.message}; it took the database over while this daemon "
-                                "was cut off: this daemon writes nothing more (restart it)")
-            log.error("%s", self._taken_over)
-            conn.close()
-            self._conn = None
-            raise schema.DatabaseUnavailable(self._taken_over) from None
-
-    def _take_daemon_lock(self, conn: Any) -> None:
-        """The database's one-daemon lock on ``conn``, and this daemon's row in
-        ``daemons``; DatabaseUnavailable naming the holder if another has it."""
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,))
-            if not cur.fetchone()[0]:
-                cur.execute("SELECT host, pid, started_at FROM daemons "
-                            "ORDER BY heartbeat_at DESC LIMIT 1")
-                row = cur.fetchone()
-                holder = (f"pid {row[1]} on {row[0]}, since {row[2]:%Y-%m-%d %H:%M:%S %Z}"
-                          if row else "unknown")
-                raise schema.DatabaseUnavailable(
-                    f"another orchestrator uses the PostgreSQL database at {self.where} "
-                    f"({holder})", hint="one daemon per database for now: stop it, or give "
-                                        "this one a database of its own")
-            me = (f"{socket.gethostname()}:{os.getpid()}", socket.gethostname(), os.getpid())
-            cur.execute("DELETE FROM daemons")
-            cur.execute("INSERT INTO daemons (id, host, pid) VALUES (%s, %s, %s)", me)
-
-    def run(self, work: Callable[[Any], T]) -> T:
-        """``work(connection)`` under the lock; a lost connection becomes
-        DatabaseUnavailable (and the next call reconnects)."""
-        with self._lock:
-            conn = self._connection()
-            try:
-                return work(conn)
-            except self.pg.OperationalError as e:
-                if not (conn.closed or conn.broken):
-                    raise
-                self._drop(conn, e)
-                raise schema.DatabaseUnavailable(
-                    f"lost the PostgreSQL database at {self.where}: "
-                    f"{' '.join(str(e).split())}", hint="retry shortly") from None
-
-    def _drop(self, conn: Any, error: Exception) -> None:
-        if not self._lost_logged:
-            log.error("lost the PostgreSQL database at %s (%s); reconnecting with backoff",
-                      self.where, " ".join(str(error).split()))
-            self._lost_logged = True
-        try:
-            conn.close()
-        except Exception:  # already broken: nothing more to release
-            pass
-        self._conn = None
+        self.session = Session(dsn)
+        self.run = self.session.run  # work(connection) under its lock (postgres_session.py)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -279,9 +168,7 @@ class PostgresStore(Store):
         """Every workflow in submission order with its tasks in task_ids order;
         records that cannot be trusted go to the ``quarantine`` table. The
         first load takes the database's one-daemon lock (module docstring)."""
-        if not self._exclusive:
-            self.run(self._take_daemon_lock)
-            self._exclusive = True
+        self.session.take_daemon_lock()
 
         def read(conn: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
             with conn.transaction(), conn.cursor() as cur:
@@ -374,13 +261,9 @@ class PostgresStore(Store):
         return None  # the database server writes; nothing of ours
 
     def close(self) -> None:
-        """Close the connection (and so release the daemon lock); a later write
-        opens a new one, without the lock: this daemon is done with the database."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            self._next_try, self._exclusive = 0.0, False
-        if conn is not None:
-            conn.close()
+        """Close the connection (releasing the one-daemon lock); a later write
+        opens a new one."""
+        self.session.close()
 
 
 def _in_transaction(conn: Any, sql: str, rows: list[tuple]) -> None:
