@@ -68,6 +68,11 @@ class StorageConfig:
     data_dir: str = ""  # empty: /var/lib/provisioning as root, else the user data dir
     allow_network_fs: bool = False  # flock is unreliable on NFS; refuse unless set
     writer_process: bool = True  # daemon: record writes in a child (store/writer.py)
+    # backend "postgres" (DESIGN.md 15): a libpq DSN ("host=... dbname=..." or a
+    # postgresql:// URI); empty: libpq's PG* environment variables alone
+    postgres_dsn: str = field(default="", repr=False)  # may hold a password
+    # how long a daemon's claim on a task holds without its heartbeat (several daemons)
+    postgres_lease_seconds: int = 15
 
 
 @dataclass(frozen=True)
@@ -110,14 +115,28 @@ class Config:
         return list(dict.fromkeys(dirs))
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {
-            f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()
-        }
+        """Every section as plain values, for showing: a DSN's password is masked."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
+        out["storage"]["postgres_dsn"] = redact_dsn(out["storage"]["postgres_dsn"])
+        return out
 
 
 VALID_MODES = ("auto", "direct", "orchestrated")
 MODULE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_CHOICES = {("execution", "default_mode"): VALID_MODES, ("storage", "backend"): ("filesystem",)}
+STORAGE_BACKENDS = ("filesystem", "postgres")
+_CHOICES = {("execution", "default_mode"): VALID_MODES, ("storage", "backend"): STORAGE_BACKENDS}
+_DSN_PASSWORD_KV = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_DSN_PASSWORD_URI = re.compile(r"^(\w+://[^/?#@]*?:)([^/?#@]*)(@)")
+
+
+def redact_dsn(dsn: str) -> str:
+    """A libpq DSN fit to show or log: the password of either form (key=value
+    or postgresql://user:pw@host) and a password= URI parameter become ***."""
+    if not dsn:
+        return dsn
+    out = _DSN_PASSWORD_URI.sub(r"\1***\3", dsn)
+    out = re.sub(r"([?&]password=)[^&#]*", r"\1***", out, flags=re.IGNORECASE)
+    return _DSN_PASSWORD_KV.sub(r"\1***", out) if "://" not in out else out
 
 
 def _sections() -> list[dataclasses.Field]:
@@ -258,8 +277,12 @@ def _env_layer(environ: dict[str, str]) -> dict[str, dict[str, tuple[Any, str]]]
                     f"environment {name}: unknown key '{key}' in [{section}]",
                     hint=f"known keys: {', '.join(types)}",
                 )
-            out.setdefault(section, {})[key] = (
-                _parse_env_value(types[key], raw, name), f"env {name}")
+            value = _parse_env_value(types[key], raw, name)
+            choices = _CHOICES.get((section, key))
+            if choices and value not in choices:
+                raise ConfigError(f"environment {name}: must be one of {', '.join(choices)}, "
+                                  f"got {value!r}")
+            out.setdefault(section, {})[key] = (value, f"env {name}")
     return out
 
 
@@ -315,7 +338,7 @@ def _check_ranges(merged: dict[str, dict[str, Any]], sources: dict[str, str]) ->
     positive = [("executor", "max_concurrent_tasks"), ("executor", "task_timeout_seconds"),
                 ("orchestrator", "timeout_seconds"), ("server", "max_body_bytes"),
                 ("server", "request_timeout_seconds"), ("server", "max_connections"),
-                ("server", "ui_session_idle_seconds")]
+                ("server", "ui_session_idle_seconds"), ("storage", "postgres_lease_seconds")]
     for section, key in positive:
         if merged[section][key] < 1:
             raise ConfigError(

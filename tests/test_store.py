@@ -29,6 +29,7 @@ from provisioning.model.storage import Store
 from provisioning.paths import DataPaths
 from provisioning.store.jsonfile import JsonFileStore
 from provisioning.store.memory import MemoryStore
+from tests.pg_fixture import fresh_database
 
 SPEC = WorkflowSpec(name="deploy", tasks=(
     TaskSpec(id="web-1", op="noop", params={"server": "web-1"}, priority="high"),
@@ -51,6 +52,7 @@ class Backend:
     opener: Callable[[], Store]
     durable: bool
     opened: list[Store] = field(default_factory=list)
+    cleanup: Callable[[], None] | None = None  # after the test (postgres: drop its database)
 
     def open(self) -> Store:
         store = self.opener()
@@ -86,10 +88,20 @@ def jsonfile_writer_backend(tmp_path: Path) -> Backend:
                    durable=True)
 
 
+def postgres_backend(tmp_path: Path) -> Backend:
+    """A database of its own on the test server .ci/run starts (skips without one)."""
+    from provisioning.store.postgres import PostgresStore  # lazy: needs the postgres extra
+
+    dsn, drop = fresh_database()
+    paths = DataPaths(tmp_path / "data")
+    return Backend("postgres", lambda: PostgresStore(dsn, paths), durable=True, cleanup=drop)
+
+
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "memory": memory_backend,
     "jsonfile": jsonfile_backend,
     "jsonfile+writer": jsonfile_writer_backend,
+    "postgres": postgres_backend,
 }
 
 
@@ -101,6 +113,8 @@ def backend(request, tmp_path: Path) -> Iterator[Backend]:
     finally:
         for store in b.opened:
             store.close()
+        if b.cleanup is not None:
+            b.cleanup()
 
 
 def _plain(records):

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from filelock import FileLock
 
     from provisioning.config import Config
+    from provisioning.model.storage import Store
     from provisioning.paths import DataPaths
 
 log = logging.getLogger("provisioning.orchestrator")
@@ -105,6 +106,16 @@ def acquire_singleton(data_paths: DataPaths, *, wait_s: float = LOCK_HOLDER_WAIT
     return lock
 
 
+def open_store(config: Config, data_paths: DataPaths) -> Store:
+    """The configured backend (storage.backend): JSON files, or PostgreSQL."""
+    if config.storage.backend == "postgres":
+        # lazy: psycopg and the postgres backend only where that backend is configured
+        from provisioning.store.postgres import PostgresStore
+
+        return PostgresStore(config.storage.postgres_dsn, data_paths)
+    return JsonFileStore(data_paths, writer_process=config.storage.writer_process)
+
+
 class Orchestrator:
     """One daemon instance: start() brings it up, run() serves until a signal."""
 
@@ -149,7 +160,7 @@ class Orchestrator:
             instance_id=self.instance_id, port=self.port, host=config.server.host,
             started_at=time.time()))
         registry = OpRegistry.from_config(config)
-        store = JsonFileStore(self.data_paths, writer_process=config.storage.writer_process)
+        store = open_store(config, self.data_paths)
         self.engine = Engine(store, config, registry=registry, instance_id=self.instance_id,
                              endpoint=endpoint, python_zygote=True)
         self.engine.start()

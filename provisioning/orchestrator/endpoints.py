@@ -85,6 +85,7 @@ def health(call: Call) -> Response:
         "record_writer_pid": server.engine.store.writer_pid,
         # None: Python ops are spawned plainly (off, starting, restarting, given up)
         "python_zygote_pid": zygote.pid if (zygote := server.engine.zygote) else None,
+        "storage_backend": server.engine.config.storage.backend,  # filesystem | postgres
     })
 
 

@@ -3,7 +3,9 @@
 No flag: run in the foreground (what systemd and launchd run). `--daemon`
 forks into the background and returns once /health answers. `--stop`,
 `--status` (exit 0 running, 3 stopped), `--check` (config + versions.toml
-verdict: exit 0, 2 bad config, 4 incompatible versions).
+verdict: exit 0, 2 bad config, 4 incompatible versions; on PostgreSQL also the
+database: 1 unreachable, 4 a schema of another version), `--migrate` (PostgreSQL
+schema to this version's: pg_admin.py).
 
 argparse rather than click: the daemon stays lean. Errors are one line on
 stderr with their exit code from provisioning.errors; -v adds tracebacks.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from provisioning.config import Config, load_config
 from provisioning.errors import EXIT_FAILED, EXIT_INTERRUPTED, ConfigError, ProvisioningError
+from provisioning.orchestrator import pg_admin
 from provisioning.orchestrator.background import (
     ALREADY_MARKER,
     ERROR_MARKER,
@@ -42,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--status", action="store_true",
                         help="report whether it runs (exit 0 running, 3 stopped)")
     action.add_argument("--check", action="store_true",
-                        help="validate config and versions.toml, then exit")
+                        help="validate config and versions.toml (and, on PostgreSQL, reach "
+                             "the database and read its schema version), then exit")
+    action.add_argument("--migrate", action="store_true",
+                        help="PostgreSQL backend: bring the database schema to this "
+                             "version's, then exit")
     p.add_argument("--config", metavar="FILE", help="extra config file (layered last)")
     p.add_argument("--host", help="bind address (server.host)")
     p.add_argument("--port", type=int, help="port (server.port); 0 picks a free one")
@@ -84,6 +91,8 @@ def run_check(config: Config) -> int:
           f"listen {config.server.host}:{config.server.port})")
     verdict.raise_if_incompatible()
     print(f"versions: {verdict.reason}")
+    if config.storage.backend == "postgres":
+        print(f"database: {pg_admin.check(config)}")
     return 0
 
 
@@ -129,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load(args)
         if args.check:
             return run_check(config)
+        if args.migrate:
+            print(pg_admin.migrate(config))
+            return 0
         if args.stop:
             return stop_daemon(config)
         if args.status:

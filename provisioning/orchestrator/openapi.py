@@ -176,7 +176,9 @@ _SCHEMAS: dict[str, Any] = {
                                              "records are written in-process"},
         "python_zygote_pid": {"type": "integer", "nullable": True,
                               "description": "the daemon's Python zygote (forks Python ops); "
-                                             "null when they are spawned plainly"}}},
+                                             "null when they are spawned plainly"},
+        "storage_backend": {"type": "string", "enum": ["filesystem", "postgres"],
+                            "description": "where the records live (storage.backend)"}}},
     "WorkflowDefinition": {"type": "object", "required": ["tasks"], "properties": {
         "workflow": {"type": "object", "properties": {
             "name": {"type": "string"}, "max_parallel": {"type": "integer", "minimum": 1},
