@@ -22,6 +22,7 @@ Modelled on the API's documented and recorded answers (developers.upcloud.com
   SERVER_NOT_FOUND;
 - GET /1.3/storage/template -> the public templates;
 - bad credentials -> 401 AUTHENTICATION_FAILED; `throttle` > 0 -> that many 429s;
+  `redirect` -> a 302 elsewhere (the client must not follow it with its credentials);
 - unknown zone -> 404 ZONE_NOT_FOUND; unknown plan -> 400 PLAN_INVALID (the
   recorded error lists name no plan code: this one is our assumption);
   unknown storage -> 404 STORAGE_NOT_FOUND.
@@ -56,6 +57,7 @@ class FakeUpCloud:
         self.hold = False  # keep new servers in maintenance
         self.throttle = 0  # answer this many next requests with 429
         self.illegal_deletes = 0  # answer this many deletes after a stop with 409
+        self.redirect = ""  # answer every request with a 302 to this URL
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -228,11 +230,15 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         api = self.api
+        location = ""
         with api.lock:
             api.requests.append((self.command, self.path))
             key = f"{self.command} {parts.path.rstrip('/').split('/', 3)[-1]}"
             api.counts[key] = api.counts.get(key, 0) + 1
-            if not api.authorized(self.headers.get("Authorization", "")):
+            if api.redirect:
+                location = api.redirect
+                status, doc = 302, None
+            elif not api.authorized(self.headers.get("Authorization", "")):
                 status, doc = _error(401, "AUTHENTICATION_FAILED",
                                      "Authentication failed using the given username and "
                                      "password.")
@@ -250,6 +256,8 @@ class _Handler(BaseHTTPRequestHandler):
                 api.counts["create"] = api.counts.get("create", 0) + (status == 202)
         payload = json.dumps(doc).encode() if doc is not None else b""
         self.send_response(status)
+        if location:
+            self.send_header("Location", location)
         if payload:
             self.send_header("Content-Type", "application/json; charset=UTF-8")
         self.send_header("Content-Length", str(len(payload)))

@@ -308,3 +308,16 @@ def test_reads_and_a_create_that_starts_a_server_stopped_by_hand(
     assert r.returncode == 0, r.stdout + r.stderr
     assert fake.count("create") == 1 and server["state"] == "started"
     assert f"starting web-1 ({server['uuid']})" in direct_logs(isolated)
+
+
+def test_a_redirect_is_not_followed_with_the_credentials(tmp_path, fake, infra, creds,
+                                                         isolated):
+    elsewhere = FakeUpCloud(username="ops", password=creds["UPCLOUD_PASSWORD"]).start()
+    try:
+        fake.redirect = f"{elsewhere.url}/1.3/server"
+        r = direct("server", "create", "web-1", "--infra", str(infra), env=creds)
+        assert r.returncode == 1
+        assert "HTTP_302 (HTTP 302): redirected elsewhere; not followed" in direct_logs(isolated)
+        assert elsewhere.requests == [] and fake.servers == {}
+    finally:
+        elsewhere.stop()

@@ -56,6 +56,17 @@ REASON_TAILS = {"_LIMIT_REACHED": "account quota reached",
                 "_INVALID": "the cloud refused a value of the request"}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib would resend the Authorization header to wherever a 3xx points:
+    a redirect is an error here, never followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class UpCloudError(ProvisioningError):
     """A failed UpCloud API call: its error code, HTTP status and a plain reason."""
 
@@ -71,6 +82,8 @@ def plain_reason(code: str, status: int) -> str:
     for tail, reason in REASON_TAILS.items():
         if code.endswith(tail):
             return reason
+    if 300 <= status < 400:
+        return "redirected elsewhere; not followed, the credentials go only to endpoint_url"
     if status == 401:
         return REASONS["AUTHENTICATION_FAILED"]
     if status == 403:
@@ -157,7 +170,7 @@ class UpCloudAPI:
             headers["Content-Type"] = "application/json"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:  # noqa: S310 - http(s) checked
+            with _OPENER.open(req, timeout=REQUEST_TIMEOUT_S) as resp:
                 return resp.status, resp.read(), None
         except urllib.error.HTTPError as e:
             retry_after = e.headers.get("Retry-After") if e.headers else None
@@ -176,7 +189,7 @@ class UpCloudAPI:
             doc = json.loads(payload) if payload.strip() else {}
         except ValueError:
             doc = {}
-        if status < 400:
+        if 200 <= status < 300:
             return doc
         code, detail = "", ""
         if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
