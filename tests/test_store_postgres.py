@@ -108,10 +108,10 @@ def test_a_finished_tasks_log_is_kept_in_the_database(dsn, tmp_path):
     store.add_workflow(wf, tasks)
     store.task_log_path(wf["id"], "web-1").write_bytes(b"created web-1\n")
     store.commit_batch(tasks=[dict(tasks[0], status="running")])
-    assert store.load_task_log(wf["id"], "web-1") is None  # running: not copied yet
+    assert store.stored_task_log(wf["id"], "web-1") is None  # running: not copied yet
     store.commit_batch(tasks=[dict(tasks[0], status="succeeded")])
-    assert store.load_task_log(wf["id"], "web-1") == b"created web-1\n"
-    assert store.load_task_log(wf["id"], "k8s") is None
+    assert store.stored_task_log(wf["id"], "web-1") == b"created web-1\n"
+    assert store.stored_task_log(wf["id"], "k8s") is None
 
 
 def test_a_lost_connection_fails_the_call_then_reconnects(dsn, tmp_path):
@@ -243,6 +243,9 @@ def test_a_workflow_end_to_end_through_the_cli_on_postgres(dsn, cold, monkeypatc
     status = json.loads(run_cli("--json", "workflow", "status", wid).stdout)
     assert status["status"] == "succeeded"
     assert [t["status"] for t in status["tasks"]] == ["succeeded", "succeeded"]
+    again = run_cli("workflow", "logs", wid, "--task", "hello")  # from the database
+    assert "hello from postgres" in again.stdout, again.stderr
+    assert not (cold.tmp / "data2" / "logs" / wid / "hello.log").exists()
     stop_daemons(cold.tmp / "data2")
 
 

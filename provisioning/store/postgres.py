@@ -215,7 +215,7 @@ class PostgresStore(Store):
 
         return self.run(read)
 
-    def load_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
+    def stored_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
         """The log copied in when the task finished (on whichever host), or None."""
         def read(conn: Any) -> bytes | None:
             with conn.transaction(), conn.cursor() as cur:
