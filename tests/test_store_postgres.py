@@ -314,3 +314,17 @@ def test_a_second_daemon_on_the_same_database_is_refused(dsn, tmp_path):
         assert f"pid {d.pid}" in result.stderr and "Traceback" not in result.stderr
     finally:
         d.stop()
+
+
+def test_events_read_at_load_are_never_stale(dsn, tmp_path):
+    store = PostgresStore(dsn, DataPaths(tmp_path / "data"))
+    wf, tasks = make()
+    store.add_workflow(wf, tasks)
+    store.append_event(wf["id"], {"seq": 1})
+    store.load()  # reads every workflow's events in one query
+    store.append_event(wf["id"], {"seq": 2})
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]
+    store.load()
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]  # taken once, then read
+    store.close()
