@@ -281,7 +281,8 @@ def test_a_second_store_loading_the_same_database_is_refused(dsn, tmp_path):
 
 
 def test_a_store_whose_database_was_taken_over_never_writes_again(dsn, tmp_path):
-    first = PostgresStore(dsn, DataPaths(tmp_path / "a"))
+    fenced: list[bool] = []
+    first = PostgresStore(dsn, DataPaths(tmp_path / "a"), on_fenced=lambda: fenced.append(True))
     first.load()
     wf, tasks = make()
     first.add_workflow(wf, tasks)
@@ -299,6 +300,7 @@ def test_a_store_whose_database_was_taken_over_never_writes_again(dsn, tmp_path)
         assert time.monotonic() < deadline, messages
         time.sleep(0.1)
     assert "lost the PostgreSQL database" in messages[0]
+    assert fenced == [True]  # told once, however often it is called after
     assert second.load()[1][0]["status"] == "queued"
     second.close()
 
@@ -328,3 +330,40 @@ def test_events_read_at_load_are_never_stale(dsn, tmp_path):
     assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]
     assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]  # taken once, then read
     store.close()
+
+
+def test_a_daemon_whose_database_was_taken_over_stops(dsn, tmp_path):
+    (tmp_path / "one").mkdir()
+    d = start_daemon(tmp_path / "one", storage={"backend": "postgres", "postgres_dsn": dsn,
+                                                 "data_dir": str(tmp_path / "one-data")})
+    try:
+        sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = 'provisioning-orchestrator' "
+                 "AND pid <> pg_backend_pid()")
+        other = PostgresStore(dsn, DataPaths(tmp_path / "other"))
+        other.load()  # takes the database while the daemon is cut off
+
+        def submit_refused() -> bool:  # each write makes the daemon look again
+            if not d.alive():
+                return True
+            try:
+                status, _ = d.request("POST", "/workflows", {"tasks": [
+                    {"id": "x", "op": "noop"}]})
+            except OSError:
+                return True  # it is stopping
+            assert status != 202, "a daemon cut off from its database acknowledged a write"
+            return False
+
+        deadline = time.monotonic() + 30
+        while not submit_refused():
+            assert time.monotonic() < deadline, "the fenced daemon kept running"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while d.alive():
+            assert time.monotonic() < deadline, "the fenced daemon did not exit"
+            time.sleep(0.1)
+        assert other.load() == ([], [])
+        other.close()
+    finally:
+        if d.alive():
+            d.kill()

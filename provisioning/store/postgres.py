@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,8 @@ def _workflow_row(workflow: Record) -> tuple[str, int, Any, str, str]:
 class PostgresStore(Store):
     group_commit = True  # a batch costs a round trip and the server's WAL flush
 
-    def __init__(self, dsn: str, data_paths: DataPaths):
+    def __init__(self, dsn: str, data_paths: DataPaths, *,
+                 on_fenced: Callable[[], None] | None = None):
         """Connects, and checks (or, in an empty database, creates) the schema:
         raises DatabaseUnavailable or SchemaMismatch, never a driver's error."""
         self.paths = data_paths
@@ -82,7 +83,7 @@ class PostgresStore(Store):
         # Events read by load() for the engine's start (one query instead of one per
         # workflow); each workflow's taken once by load_events, dropped on any event write.
         self._prefetched: dict[str, list[str]] | None = None
-        self.session = Session(dsn)
+        self.session = Session(dsn, on_fenced=on_fenced)  # on_fenced: postgres_session.py
         self.run = self.session.run  # work(connection) under its lock (postgres_session.py)
 
     # -- writes ----------------------------------------------------------------------
