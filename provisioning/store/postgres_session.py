@@ -14,7 +14,8 @@ a few seconds (a daemon killed a moment ago holds it until its server
 process sees the connection gone). If the connection breaks, the lock goes
 with it; it is taken again on reconnecting, and if another daemon took the
 database over meanwhile, this session never runs anything again (every call
-raises DatabaseUnavailable): fencing at the store.
+raises DatabaseUnavailable) and calls ``on_fenced`` once (the daemon stops
+itself): fencing at the store.
 """
 
 from __future__ import annotations
