@@ -71,8 +71,6 @@ class StorageConfig:
     # backend "postgres" (DESIGN.md 15): a libpq DSN ("host=... dbname=..." or a
     # postgresql:// URI); empty: libpq's PG* environment variables alone
     postgres_dsn: str = field(default="", repr=False)  # may hold a password
-    # how long a daemon's claim on a task holds without its heartbeat (several daemons)
-    postgres_lease_seconds: int = 15
 
 
 @dataclass(frozen=True)
@@ -338,7 +336,7 @@ def _check_ranges(merged: dict[str, dict[str, Any]], sources: dict[str, str]) ->
     positive = [("executor", "max_concurrent_tasks"), ("executor", "task_timeout_seconds"),
                 ("orchestrator", "timeout_seconds"), ("server", "max_body_bytes"),
                 ("server", "request_timeout_seconds"), ("server", "max_connections"),
-                ("server", "ui_session_idle_seconds"), ("storage", "postgres_lease_seconds")]
+                ("server", "ui_session_idle_seconds")]
     for section, key in positive:
         if merged[section][key] < 1:
             raise ConfigError(

@@ -108,10 +108,10 @@ def test_a_finished_tasks_log_is_kept_in_the_database(dsn, tmp_path):
     store.add_workflow(wf, tasks)
     store.task_log_path(wf["id"], "web-1").write_bytes(b"created web-1\n")
     store.commit_batch(tasks=[dict(tasks[0], status="running")])
-    assert store.load_task_log(wf["id"], "web-1") is None  # running: not copied yet
+    assert store.stored_task_log(wf["id"], "web-1") is None  # running: not copied yet
     store.commit_batch(tasks=[dict(tasks[0], status="succeeded")])
-    assert store.load_task_log(wf["id"], "web-1") == b"created web-1\n"
-    assert store.load_task_log(wf["id"], "k8s") is None
+    assert store.stored_task_log(wf["id"], "web-1") == b"created web-1\n"
+    assert store.stored_task_log(wf["id"], "k8s") is None
 
 
 def test_a_lost_connection_fails_the_call_then_reconnects(dsn, tmp_path):
@@ -243,6 +243,9 @@ def test_a_workflow_end_to_end_through_the_cli_on_postgres(dsn, cold, monkeypatc
     status = json.loads(run_cli("--json", "workflow", "status", wid).stdout)
     assert status["status"] == "succeeded"
     assert [t["status"] for t in status["tasks"]] == ["succeeded", "succeeded"]
+    again = run_cli("workflow", "logs", wid, "--task", "hello")  # from the database
+    assert "hello from postgres" in again.stdout, again.stderr
+    assert not (cold.tmp / "data2" / "logs" / wid / "hello.log").exists()
     stop_daemons(cold.tmp / "data2")
 
 
@@ -278,7 +281,8 @@ def test_a_second_store_loading_the_same_database_is_refused(dsn, tmp_path):
 
 
 def test_a_store_whose_database_was_taken_over_never_writes_again(dsn, tmp_path):
-    first = PostgresStore(dsn, DataPaths(tmp_path / "a"))
+    fenced: list[bool] = []
+    first = PostgresStore(dsn, DataPaths(tmp_path / "a"), on_fenced=lambda: fenced.append(True))
     first.load()
     wf, tasks = make()
     first.add_workflow(wf, tasks)
@@ -296,6 +300,7 @@ def test_a_store_whose_database_was_taken_over_never_writes_again(dsn, tmp_path)
         assert time.monotonic() < deadline, messages
         time.sleep(0.1)
     assert "lost the PostgreSQL database" in messages[0]
+    assert fenced == [True]  # told once, however often it is called after
     assert second.load()[1][0]["status"] == "queued"
     second.close()
 
@@ -311,3 +316,54 @@ def test_a_second_daemon_on_the_same_database_is_refused(dsn, tmp_path):
         assert f"pid {d.pid}" in result.stderr and "Traceback" not in result.stderr
     finally:
         d.stop()
+
+
+def test_events_read_at_load_are_never_stale(dsn, tmp_path):
+    store = PostgresStore(dsn, DataPaths(tmp_path / "data"))
+    wf, tasks = make()
+    store.add_workflow(wf, tasks)
+    store.append_event(wf["id"], {"seq": 1})
+    store.load()  # reads every workflow's events in one query
+    store.append_event(wf["id"], {"seq": 2})
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]
+    store.load()
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]
+    assert [e["seq"] for e in store.load_events(wf["id"])] == [1, 2]  # taken once, then read
+    store.close()
+
+
+def test_a_daemon_whose_database_was_taken_over_stops(dsn, tmp_path):
+    (tmp_path / "one").mkdir()
+    d = start_daemon(tmp_path / "one", storage={"backend": "postgres", "postgres_dsn": dsn,
+                                                 "data_dir": str(tmp_path / "one-data")})
+    try:
+        sql(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                 "WHERE application_name = 'provisioning-orchestrator' "
+                 "AND pid <> pg_backend_pid()")
+        other = PostgresStore(dsn, DataPaths(tmp_path / "other"))
+        other.load()  # takes the database while the daemon is cut off
+
+        def submit_refused() -> bool:  # each write makes the daemon look again
+            if not d.alive():
+                return True
+            try:
+                status, _ = d.request("POST", "/workflows", {"tasks": [
+                    {"id": "x", "op": "noop"}]})
+            except OSError:
+                return True  # it is stopping
+            assert status != 202, "a daemon cut off from its database acknowledged a write"
+            return False
+
+        deadline = time.monotonic() + 30
+        while not submit_refused():
+            assert time.monotonic() < deadline, "the fenced daemon kept running"
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while d.alive():
+            assert time.monotonic() < deadline, "the fenced daemon did not exit"
+            time.sleep(0.1)
+        assert other.load() == ([], [])
+        other.close()
+    finally:
+        if d.alive():
+            d.kill()

@@ -211,6 +211,16 @@ class Engine:
             _, task = self._task(key)
             return self.store.task_log_path(task["workflow_id"], task["id"])
 
+    def stored_task_log(self, key: str) -> bytes | None:
+        """The backend's copy of a finished task's log when its local file is
+        missing (Store.stored_task_log); None otherwise. Store I/O: no lock held."""
+        with self._lock:
+            _, task = self._task(key)
+            if task["status"] not in model.FINISHED_TASK:
+                return None
+        workflow_id, task_id = model.split_task_key(key)
+        return self.store.stored_task_log(workflow_id, task_id)
+
     def cancel(self, workflow_id: str) -> dict[str, Any]:
         """Kill running task trees, mark pending tasks cancelled."""
         with self._lock:

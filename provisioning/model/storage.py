@@ -167,6 +167,12 @@ class Store(abc.ABC):
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
         """The PROVISIONING_CHECKPOINT file of a task (parent dir exists)."""
 
+    def stored_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
+        """A finished task's log kept by the backend itself, for when the local
+        file is not on this host (the task ran under another daemon, or the
+        data dir is new); None: the local file is all there is (the default)."""
+        return None
+
     # -- lifecycle -------------------------------------------------------------------
 
     @property

@@ -112,8 +112,16 @@ def open_store(config: Config, data_paths: DataPaths) -> Store:
         # lazy: psycopg and the postgres backend only where that backend is configured
         from provisioning.store.postgres import PostgresStore
 
-        return PostgresStore(config.storage.postgres_dsn, data_paths)
+        return PostgresStore(config.storage.postgres_dsn, data_paths, on_fenced=_fenced)
     return JsonFileStore(data_paths, writer_process=config.storage.writer_process)
+
+
+def _fenced() -> None:
+    """Another daemon took our PostgreSQL database over while we were cut off:
+    stop as for SIGTERM (start nothing more, drain, exit); nothing we do is
+    recorded any more (README "Running several orchestrators")."""
+    log.error("another orchestrator took the database over: stopping this one")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Orchestrator:

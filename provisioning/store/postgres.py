@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,8 @@ def _workflow_row(workflow: Record) -> tuple[str, int, Any, str, str]:
 class PostgresStore(Store):
     group_commit = True  # a batch costs a round trip and the server's WAL flush
 
-    def __init__(self, dsn: str, data_paths: DataPaths):
+    def __init__(self, dsn: str, data_paths: DataPaths, *,
+                 on_fenced: Callable[[], None] | None = None):
         """Connects, and checks (or, in an empty database, creates) the schema:
         raises DatabaseUnavailable or SchemaMismatch, never a driver's error."""
         self.paths = data_paths
@@ -79,7 +80,10 @@ class PostgresStore(Store):
                 fsutil.ensure_private_dir(d)
         self._made_dirs: set[Path] = set()
         self._quarantined = 0
-        self.session = Session(dsn)
+        # Events read by load() for the engine's start (one query instead of one per
+        # workflow); each workflow's taken once by load_events, dropped on any event write.
+        self._prefetched: dict[str, list[str]] | None = None
+        self.session = Session(dsn, on_fenced=on_fenced)  # on_fenced: postgres_session.py
         self.run = self.session.run  # work(connection) under its lock (postgres_session.py)
 
     # -- writes ----------------------------------------------------------------------
@@ -117,6 +121,8 @@ class PostgresStore(Store):
                     if rows:
                         cur.executemany(sql, rows)
 
+        if event_rows:
+            self._prefetched = None
         self.run(write)
 
     def _first_rows(self, cur: Any, initial: dict[str, list[str]]) -> list[tuple]:
@@ -160,6 +166,7 @@ class PostgresStore(Store):
 
     def append_event(self, workflow_id: str, event: Event) -> None:
         row = (workflow_id, _dumps(event))
+        self._prefetched = None
         self.run(lambda conn: _in_transaction(conn, INSERT_EVENT, [row]))
 
     # -- reads -----------------------------------------------------------------------
@@ -175,7 +182,13 @@ class PostgresStore(Store):
                 cur.execute("SELECT id, rec::text FROM workflows ORDER BY seq, created_at, id")
                 wf_rows = cur.fetchall()
                 cur.execute("SELECT key, rec::text FROM tasks")
-                return wf_rows, cur.fetchall()
+                task_rows = cur.fetchall()
+                cur.execute("SELECT workflow_id, ev::text FROM events ORDER BY id")
+                events: dict[str, list[str]] = {}
+                for workflow_id, text in cur:
+                    events.setdefault(workflow_id, []).append(text)
+                self._prefetched = events
+                return wf_rows, task_rows
 
         wf_rows, task_rows = self.run(read)
         bad: list[tuple[str, str, str, str]] = []
@@ -207,6 +220,11 @@ class PostgresStore(Store):
         self._quarantined += len(bad)
 
     def load_events(self, workflow_id: str) -> list[Event]:
+        prefetched = self._prefetched
+        texts = prefetched.pop(workflow_id, None) if prefetched is not None else None
+        if texts is not None:
+            return [json.loads(text) for text in texts]
+
         def read(conn: Any) -> list[Event]:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute("SELECT ev::text FROM events WHERE workflow_id = %s ORDER BY id",
@@ -215,7 +233,7 @@ class PostgresStore(Store):
 
         return self.run(read)
 
-    def load_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
+    def stored_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
         """The log copied in when the task finished (on whichever host), or None."""
         def read(conn: Any) -> bytes | None:
             with conn.transaction(), conn.cursor() as cur:

@@ -14,7 +14,8 @@ a few seconds (a daemon killed a moment ago holds it until its server
 process sees the connection gone). If the connection breaks, the lock goes
 with it; it is taken again on reconnecting, and if another daemon took the
 database over meanwhile, this session never runs anything again (every call
-raises DatabaseUnavailable): fencing at the store.
+raises DatabaseUnavailable) and calls ``on_fenced`` once (the daemon stops
+itself): fencing at the store.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ LOCK_WAIT_S = 5.0  # how long take_daemon_lock looks for that lock to be free
 
 
 class Session:
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, *, on_fenced: Callable[[], None] | None = None):
         """Connects, and checks (or, in an empty database, creates) the schema:
-        raises DatabaseUnavailable or SchemaMismatch, never a driver's error."""
+        raises DatabaseUnavailable or SchemaMismatch, never a driver's error.
+        ``on_fenced`` is called once when another daemon is found to have taken
+        the database over (the daemon stops itself: it must not start tasks)."""
         self.pg = schema.require_driver()
         self.dsn = dsn
         self.where = schema.describe(dsn)
@@ -52,6 +55,7 @@ class Session:
         self.exclusive = False  # holds the daemon lock: take it again on reconnect
         self._taken_over: str | None = None
         self._refused: schema.DatabaseUnavailable | None = None
+        self._on_fenced = on_fenced
         self._conn: Any = schema.connect(dsn)
         try:
             schema.check_version(self._conn)
@@ -147,6 +151,8 @@ class Session:
             log.error("%s", self._taken_over)
             conn.close()
             self._conn = None
+            if self._on_fenced is not None:
+                self._on_fenced()
             raise schema.DatabaseUnavailable(self._taken_over) from None
 
     def _lock_on(self, conn: Any) -> None:
