@@ -182,6 +182,20 @@ def test_missing_credentials_fail_the_task_saying_where_boto3_looked(aws, tmp_pa
     assert instances(aws.ec2(), "nocreds") == {}
 
 
+def test_refused_credentials_fail_with_the_aws_code_and_their_source(aws, tmp_path):
+    strict = Moto(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        infra = write_infra(tmp_path / "ws", "refused", strict.url, hosts=("web-1",))
+        r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+        out = task_logs(tmp_path)
+        assert r.returncode != 0
+        assert "AuthFailure: AWS refused the credentials" in out, out
+        assert "the credentials came from boto3's 'env' source" in out
+        assert SECRET not in out + r.stdout + r.stderr
+    finally:
+        strict.stop()
+
+
 def test_credentials_reach_only_the_tasks_of_an_aws_infra(aws, tmp_path):
     wf = tmp_path / "wf.toml"
     wf.write_text('[workflow]\nname = "env"\n[[tasks]]\nid = "show"\nop = "shell.run"\n'
@@ -268,3 +282,9 @@ def test_plan_before_and_after_and_drift_both_ways(aws, tmp_path):
     r = run_cli("--json", "server", "list", "--infra", str(infra), env=env)
     assert r.returncode == 0 and "warning: provider not read" in r.stderr, r.stderr
     assert {v["status"] for v in json.loads(r.stdout)} == {"unknown"}
+
+    # deleting the missing one: its record goes, nothing else is touched
+    r = run_cli("--direct", "server", "delete", "web-1", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "web-1 deleted (it was already gone at the provider" in r.stdout
+    assert sorted(instances(ec2, "drift")) == ["stray", "web-2"]

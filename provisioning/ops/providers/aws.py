@@ -5,6 +5,7 @@
     image = "ami-..."          # required
     ssh_user = "ubuntu"
     key_name = "ops"           # optional; public_key_file imports it when missing
+    identity_file = "~/.ssh/id_ed25519"   # for the transport; trust_on_first_use = true
     vpc_cidr / vpc_id, subnet_cidr / subnet_id, security_group_id, ssh_cidrs
     endpoint_url = ""          # optional: a private or test endpoint (moto)
     wait_timeout_s = 600
@@ -44,7 +45,7 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
     "region": str, "image": str, "ssh_user": str, "key_name": str, "public_key_file": str,
     "endpoint_url": str, "vpc_id": str, "vpc_cidr": str, "subnet_id": str,
     "subnet_cidr": str, "security_group_id": str, "ssh_cidrs": list, "public_ip": bool,
-    "wait_timeout_s": (int, float)}
+    "wait_timeout_s": (int, float), "identity_file": str, "trust_on_first_use": bool}
 SECRET_WORDS = re.compile(r"secret|access_key|token|password|credential", re.I)
 EXCLUSIVE = (("vpc_id", "vpc_cidr"), ("subnet_id", "subnet_cidr"))
 
@@ -311,6 +312,16 @@ class AwsProvider(Provider):
             raise ProvisioningError("taskservs on aws servers need provisioning.transport "
                                     "(SSH), which this build does not have") from None
         return Transport(self.state.data_dir)
+
+    def connection(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What the transport needs: the public address (else the private one), the
+        image's ssh user, the key file of [provider] identity_file; a new instance's
+        host key is learned only with trust_on_first_use = true (section 11)."""
+        return {"address": record.get("address"), "port": int(record.get("port", 22)),
+                "user": record.get("ssh_user") or self.settings.get("ssh_user", "ubuntu"),
+                "identity_file": self.settings.get("identity_file"),
+                "host_key": record.get("host_key"),
+                "trust_on_first_use": bool(self.settings.get("trust_on_first_use", False))}
 
     def _conn(self, hostname: str) -> dict[str, Any]:
         record = self.state.server(self.infra, hostname)
