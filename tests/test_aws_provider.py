@@ -288,3 +288,30 @@ def test_plan_before_and_after_and_drift_both_ways(aws, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "web-1 deleted (it was already gone at the provider" in r.stdout
     assert sorted(instances(ec2, "drift")) == ["stray", "web-2"]
+
+
+def test_a_secret_printed_by_a_task_is_blanked_from_its_log_progress_and_result(
+        aws, tmp_path):
+    """The executor redacts the credential values it passed (engine/redact.py)."""
+    lib = tmp_path / "lib" / "servers"
+    lib.mkdir(parents=True)
+    (lib / "leak.py").write_text(
+        "import os, sys, json\nsecret = os.environ['AWS_SECRET_ACCESS_KEY']\n"
+        "sys.stdout.write('PROGRESS: 50 key=' + secret + '\\n')\n"
+        "sys.stdout.write('half ' + secret[:20]); sys.stdout.flush()\n"
+        "sys.stdout.write(secret[20:] + ' done\\n')\n"
+        "print('RESULT: ' + json.dumps({'key': secret}))\n")
+    infra = write_infra(tmp_path / "ws", "leaky", aws.url, hosts=("web-1",))
+    wf = tmp_path / "wf.toml"
+    wf.write_text('[[tasks]]\nid = "leak"\nop = "server.leak"\n'
+                  f'params = {{ infra = "{infra}" }}\n')
+    env = {"PROVISIONING_LIB": str(tmp_path / "lib")}
+    r = run_cli("--direct", "--json", "workflow", "submit", str(wf), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    workflow_id = json.loads(r.stdout)["workflow_id"]
+    status = run_cli("--json", "workflow", "status", workflow_id, env=env)
+    logs = task_logs(tmp_path)
+    assert "key=***" in logs and "half *** done" in logs, logs
+    task = json.loads(status.stdout)["tasks"][0]
+    assert task["result"] == {"key": "***"}, task
+    assert_no_secret(tmp_path, r.stdout, r.stderr, status.stdout, status.stderr)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from provisioning.engine.children import Child, PopenChild
 from provisioning.engine.proctree import kill_tree, marked_processes, signal_quietly, tree_processes
 from provisioning.engine.protocol import LineParser
+from provisioning.engine.redact import Redactor
 from provisioning.engine.tasklog import TaskLog
 from provisioning.engine.taskrun import KEPT_ENV, TaskOutcome, TaskRun, clean_env
 from provisioning.ops.registry import python_script
@@ -65,6 +66,7 @@ class TaskProcess:
         self._stop_reason: str | None = None
         self._closed = False
         self._tree_snapshot: list = []
+        self._redactor = Redactor(run.secrets)  # known secrets out of its output
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -217,6 +219,10 @@ class TaskProcess:
                     phase, deadline = "exited", time.monotonic() + EOF_GRACE_SECONDS
         finally:
             sel.close()
+        rest = self._redactor.finish()
+        if rest:
+            log.write(rest)
+            parser.feed(rest)
         parser.close()
         outcome.result = parser.result
         if parser.result_error:
@@ -281,8 +287,9 @@ class TaskProcess:
                 return False
             if not chunk:
                 return False
-            log.write(chunk)
-            parser.feed(chunk)
+            safe = self._redactor.feed(chunk)
+            log.write(safe)
+            parser.feed(safe)
             if len(chunk) < READ_CHUNK:
                 return True
 

@@ -11,6 +11,7 @@ between). Running the process is the scheduler's (a task thread's) job.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from provisioning.model import Record
 from provisioning.model.storage import Store
 from provisioning.ops.providers import credential_env
 from provisioning.ops.registry import OpRegistry
+
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD", re.I)  # of a passed credential variable
 
 
 class TaskLauncher:
@@ -66,12 +69,14 @@ class TaskLauncher:
         params = task.get("params") or {}
         base = self.base_env()
         # a cloud provider's credentials, for its own tasks only (ops/providers CREDENTIAL_ENV)
-        env.update(credential_env(task["op"], params, self.data_dir))
+        credentials = credential_env(task["op"], params, self.data_dir)
+        env.update(credentials)
         run = TaskRun(key=task["key"], argv=argv, params=params, env={**base, **env},
                       log_path=self.store.task_log_path(workflow_id, task_id),
                       attempt=task["attempts"],
                       timeout_s=task.get("timeout_s") or self.task_timeout_s,
-                      kill_grace_s=self.kill_grace_s)
+                      kill_grace_s=self.kill_grace_s,
+                      secrets=tuple(v for k, v in credentials.items() if SECRET_NAME.search(k)))
         if task["op"] == "shell.run" and _valid_shell_run(params):
             # Fast path with the same contract as builtin/shell_run.py: the argv is the
             # task's process itself (no interpreter start), params env under ours.

@@ -38,6 +38,7 @@ class TaskRun:
     kill_grace_s: float
     cwd: str | None = None
     send_params: bool = True  # False: stdin is closed at once (argv run directly)
+    secrets: tuple[str, ...] = ()  # values blanked out of its output (engine/redact.py)
 
 
 @dataclass
