@@ -315,3 +315,21 @@ def test_a_secret_printed_by_a_task_is_blanked_from_its_log_progress_and_result(
     task = json.loads(status.stdout)["tasks"][0]
     assert task["result"] == {"key": "***"}, task
     assert_no_secret(tmp_path, r.stdout, r.stderr, status.stdout, status.stderr)
+
+
+def test_a_stopped_server_shows_stopped_and_create_starts_it(aws, tmp_path):
+    infra = write_infra(tmp_path / "ws", "stop", aws.url, hosts=("web-1",))
+    ec2 = aws.ec2()
+    r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (iid,) = instances(ec2, "stop")["web-1"]
+    ec2.stop_instances(InstanceIds=[iid])
+    views = json.loads(run_cli("--json", "server", "list", "--infra", str(infra)).stdout)
+    assert [(v["status"], v["provider_state"], v["drift"]) for v in views] == [
+        ("stopped", "stopped", None)]
+    assert plan_actions("server", "create", "--infra", str(infra)) == {"create-web-1": "exists"}
+    r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0 and f"starting web-1 ({iid}): it was stopped" in r.stdout, r.stdout
+    assert instances(ec2, "stop") == {"web-1": [iid]}
+    views = json.loads(run_cli("--json", "server", "list", "--infra", str(infra)).stdout)
+    assert [v["status"] for v in views] == ["running"]

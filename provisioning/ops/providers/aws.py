@@ -224,7 +224,7 @@ class AwsProvider(Provider):
                               f"{hostname} ({iid}) is {state} after "
                               f"{time.monotonic() - start:.0f}s")
                 seen["state"] = state
-            if want == "running" and state in ("terminated", "shutting-down"):
+            if want != "terminated" and state in ("terminated", "shutting-down"):
                 reason = inst.get("StateReason", {}).get("Message", "")
                 raise ProvisioningError(f"aws: instance {iid} of {hostname} went {state} "
                                         f"while starting: {reason or 'no reason given'}")
@@ -246,6 +246,12 @@ class AwsProvider(Provider):
             iid = inst["InstanceId"]
             self.progress(20, f"{server.hostname} found by its tags: {iid} "
                               f"({inst['State']['Name']})")
+        if inst is not None and inst["State"]["Name"] in ("stopping", "stopped"):
+            if inst["State"]["Name"] == "stopping":
+                self._wait_state(iid, "stopped", server.hostname)
+            self.progress(30, f"starting {server.hostname} ({iid}): it was stopped")
+            self.ec2.call("start_instances", InstanceIds=[iid])
+            inst = None  # wait for it below
         if inst is None or inst["State"]["Name"] == "pending":
             inst = self._wait_state(iid, "running", server.hostname)
         assert inst is not None
