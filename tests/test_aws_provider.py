@@ -3,8 +3,10 @@
 Real daemon, real CLI, real boto3 over HTTP to 127.0.0.1. Cases: three servers
 created in parallel, created again (no new instance), a daemon killed with -9
 while RunInstances' answers are lost then restarted (exactly one instance per
-hostname), deleted twice, bad image/plan/zone, missing credentials,
-throttling retried, and a planted secret found in no file, output or record.
+hostname), deleted twice, bad image/plan, missing and refused credentials,
+throttling retried, drift both ways, plans before and after, a stopped
+instance, and a planted secret found in no file, output or record (and
+blanked when a task prints it).
 """
 
 from __future__ import annotations

@@ -256,9 +256,12 @@ class AwsProvider(Provider):
             inst = self._wait_state(iid, "running", server.hostname)
         assert inst is not None
         record = self._record(server, inst)
-        # created: the state did not know it yet (a new one, or one whose answer was lost)
-        return (known if known and known.get("id") == iid else record), not (
-            known and known.get("id") == iid)
+        if known and known.get("id") == iid:
+            if known.get("address") == record["address"]:
+                return known, False  # nothing to do
+            record["created_at"] = known.get("created_at")  # restarted: a new public address
+        # True: the state did not know it like this (new, its answer lost, or restarted)
+        return record, True
 
     def _record(self, server: Any, inst: dict[str, Any]) -> dict[str, Any]:
         return {
