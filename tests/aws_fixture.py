@@ -30,11 +30,14 @@ THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>
 
 
 class Moto:
-    def __init__(self) -> None:
+    """`moto_server` on a free port; `env` adds moto settings (INITIAL_NO_AUTH_ACTION_COUNT
+    = "0": every request's access key is checked against moto's IAM, so ours are refused)."""
+
+    def __init__(self, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, MOTO_ENABLE_AMI_VALIDATION="true",
-                   MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true")
+                   MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true", **env)
         self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p",
                                       str(self.port)], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)

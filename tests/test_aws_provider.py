@@ -3,8 +3,10 @@
 Real daemon, real CLI, real boto3 over HTTP to 127.0.0.1. Cases: three servers
 created in parallel, created again (no new instance), a daemon killed with -9
 while RunInstances' answers are lost then restarted (exactly one instance per
-hostname), deleted twice, bad image/plan/zone, missing credentials,
-throttling retried, and a planted secret found in no file, output or record.
+hostname), deleted twice, bad image/plan, missing and refused credentials,
+throttling retried, drift both ways, plans before and after, a stopped
+instance, and a planted secret found in no file, output or record (and
+blanked when a task prints it).
 """
 
 from __future__ import annotations
@@ -182,6 +184,20 @@ def test_missing_credentials_fail_the_task_saying_where_boto3_looked(aws, tmp_pa
     assert instances(aws.ec2(), "nocreds") == {}
 
 
+def test_refused_credentials_fail_with_the_aws_code_and_their_source(aws, tmp_path):
+    strict = Moto(INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        infra = write_infra(tmp_path / "ws", "refused", strict.url, hosts=("web-1",))
+        r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+        out = task_logs(tmp_path)
+        assert r.returncode != 0
+        assert "AuthFailure: AWS refused the credentials" in out, out
+        assert "the credentials came from boto3's 'env' source" in out
+        assert SECRET not in out + r.stdout + r.stderr
+    finally:
+        strict.stop()
+
+
 def test_credentials_reach_only_the_tasks_of_an_aws_infra(aws, tmp_path):
     wf = tmp_path / "wf.toml"
     wf.write_text('[workflow]\nname = "env"\n[[tasks]]\nid = "show"\nop = "shell.run"\n'
@@ -268,3 +284,54 @@ def test_plan_before_and_after_and_drift_both_ways(aws, tmp_path):
     r = run_cli("--json", "server", "list", "--infra", str(infra), env=env)
     assert r.returncode == 0 and "warning: provider not read" in r.stderr, r.stderr
     assert {v["status"] for v in json.loads(r.stdout)} == {"unknown"}
+
+    # deleting the missing one: its record goes, nothing else is touched
+    r = run_cli("--direct", "server", "delete", "web-1", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "web-1 deleted (it was already gone at the provider" in r.stdout
+    assert sorted(instances(ec2, "drift")) == ["stray", "web-2"]
+
+
+def test_a_secret_printed_by_a_task_is_blanked_from_its_log_progress_and_result(
+        aws, tmp_path):
+    """The executor redacts the credential values it passed (ops/redact.py)."""
+    lib = tmp_path / "lib" / "servers"
+    lib.mkdir(parents=True)
+    (lib / "leak.py").write_text(
+        "import os, sys, json\nsecret = os.environ['AWS_SECRET_ACCESS_KEY']\n"
+        "sys.stdout.write('PROGRESS: 50 key=' + secret + '\\n')\n"
+        "sys.stdout.write('half ' + secret[:20]); sys.stdout.flush()\n"
+        "sys.stdout.write(secret[20:] + ' done\\n')\n"
+        "print('RESULT: ' + json.dumps({'key': secret}))\n")
+    infra = write_infra(tmp_path / "ws", "leaky", aws.url, hosts=("web-1",))
+    wf = tmp_path / "wf.toml"
+    wf.write_text('[[tasks]]\nid = "leak"\nop = "server.leak"\n'
+                  f'params = {{ infra = "{infra}" }}\n')
+    env = {"PROVISIONING_LIB": str(tmp_path / "lib")}
+    r = run_cli("--direct", "--json", "workflow", "submit", str(wf), env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    workflow_id = json.loads(r.stdout)["workflow_id"]
+    status = run_cli("--json", "workflow", "status", workflow_id, env=env)
+    logs = task_logs(tmp_path)
+    assert "key=***" in logs and "half *** done" in logs, logs
+    task = json.loads(status.stdout)["tasks"][0]
+    assert task["result"] == {"key": "***"}, task
+    assert_no_secret(tmp_path, r.stdout, r.stderr, status.stdout, status.stderr)
+
+
+def test_a_stopped_server_shows_stopped_and_create_starts_it(aws, tmp_path):
+    infra = write_infra(tmp_path / "ws", "stop", aws.url, hosts=("web-1",))
+    ec2 = aws.ec2()
+    r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (iid,) = instances(ec2, "stop")["web-1"]
+    ec2.stop_instances(InstanceIds=[iid])
+    views = json.loads(run_cli("--json", "server", "list", "--infra", str(infra)).stdout)
+    assert [(v["status"], v["provider_state"], v["drift"]) for v in views] == [
+        ("stopped", "stopped", None)]
+    assert plan_actions("server", "create", "--infra", str(infra)) == {"create-web-1": "exists"}
+    r = run_cli("--direct", "server", "create", "--infra", str(infra), timeout=120)
+    assert r.returncode == 0 and f"starting web-1 ({iid}): it was stopped" in r.stdout, r.stdout
+    assert instances(ec2, "stop") == {"web-1": [iid]}
+    views = json.loads(run_cli("--json", "server", "list", "--infra", str(infra)).stdout)
+    assert [v["status"] for v in views] == ["running"]

@@ -66,7 +66,8 @@ class TaskLauncher:
         params = task.get("params") or {}
         base = self.base_env()
         # a cloud provider's credentials, for its own tasks only (ops/providers CREDENTIAL_ENV)
-        env.update(credential_env(task["op"], params, self.data_dir))
+        credentials = credential_env(task["op"], params, self.data_dir)
+        env.update(credentials)
         run = TaskRun(key=task["key"], argv=argv, params=params, env={**base, **env},
                       log_path=self.store.task_log_path(workflow_id, task_id),
                       attempt=task["attempts"],

@@ -87,6 +87,13 @@ def main() -> None:
 
 def _preload(extra: list[str]) -> dict:
     preloaded, missing = [], {}
+    if extra:  # SDKs from an installed providers bundle too (ops/providers/sdk.py)
+        try:
+            # lazy: reads the config (lib dirs), needed only when an SDK is preloaded
+            from provisioning.ops.providers.sdk import providers_dirs
+            sys.path.extend(str(d) for d in providers_dirs() if str(d) not in sys.path)
+        except Exception as e:  # noqa: BLE001 - unreadable config: the plain imports still run
+            missing["providers bundle"] = f"{type(e).__name__}: {e}"
     for name in dict.fromkeys((*ALWAYS, *extra)):
         try:
             importlib.import_module(name)

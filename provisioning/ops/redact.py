@@ -4,8 +4,9 @@ Known secret values are:
 - the values of environment variables that are secret by name: the name
   holds TOKEN, PASSWORD, PASSWD, PASSPHRASE, SECRET, PRIVATE_KEY, API_KEY or
   CREDENTIAL (AWS_SECRET_ACCESS_KEY, UPCLOUD_PASSWORD, GITHUB_TOKEN,
-  PROVISIONING_TASK_TOKEN...), taken from a task's environment and the
-  daemon's own;
+  PROVISIONING_TASK_TOKEN...), unless it ends in _FILE, _PATH or _DIR (where
+  a secret is kept, e.g. AWS_SHARED_CREDENTIALS_FILE), taken from a task's
+  environment and the daemon's own;
 - what a task declares on a stdout line `SECRET: <value>` (the task protocol,
   README "Secrets"): redacted from that line on; the line itself is logged
   as `SECRET: ***`.
@@ -30,8 +31,12 @@ DECLARE = b"SECRET:"
 MAX_HELD = 1 << 20  # an unterminated line longer than this is let through (redacted) in pieces
 
 
+# where a secret is kept, not the secret (AWS_SHARED_CREDENTIALS_FILE is a path)
+LOCATION_SUFFIX = ("_FILE", "_PATH", "_DIR")
+
+
 def is_secret_name(name: str) -> bool:
-    return bool(SECRET_NAME.search(name))
+    return bool(SECRET_NAME.search(name)) and not name.upper().endswith(LOCATION_SUFFIX)
 
 
 def secret_values(*envs: Mapping[str, str]) -> set[str]:

@@ -5,6 +5,7 @@
     image = "ami-..."          # required
     ssh_user = "ubuntu"
     key_name = "ops"           # optional; public_key_file imports it when missing
+    identity_file = "~/.ssh/id_ed25519"   # for the transport; trust_on_first_use = true
     vpc_cidr / vpc_id, subnet_cidr / subnet_id, security_group_id, ssh_cidrs
     endpoint_url = ""          # optional: a private or test endpoint (moto)
     wait_timeout_s = 600
@@ -44,7 +45,7 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
     "region": str, "image": str, "ssh_user": str, "key_name": str, "public_key_file": str,
     "endpoint_url": str, "vpc_id": str, "vpc_cidr": str, "subnet_id": str,
     "subnet_cidr": str, "security_group_id": str, "ssh_cidrs": list, "public_ip": bool,
-    "wait_timeout_s": (int, float)}
+    "wait_timeout_s": (int, float), "identity_file": str, "trust_on_first_use": bool}
 SECRET_WORDS = re.compile(r"secret|access_key|token|password|credential", re.I)
 EXCLUSIVE = (("vpc_id", "vpc_cidr"), ("subnet_id", "subnet_cidr"))
 
@@ -223,7 +224,7 @@ class AwsProvider(Provider):
                               f"{hostname} ({iid}) is {state} after "
                               f"{time.monotonic() - start:.0f}s")
                 seen["state"] = state
-            if want == "running" and state in ("terminated", "shutting-down"):
+            if want != "terminated" and state in ("terminated", "shutting-down"):
                 reason = inst.get("StateReason", {}).get("Message", "")
                 raise ProvisioningError(f"aws: instance {iid} of {hostname} went {state} "
                                         f"while starting: {reason or 'no reason given'}")
@@ -245,13 +246,22 @@ class AwsProvider(Provider):
             iid = inst["InstanceId"]
             self.progress(20, f"{server.hostname} found by its tags: {iid} "
                               f"({inst['State']['Name']})")
+        if inst is not None and inst["State"]["Name"] in ("stopping", "stopped"):
+            if inst["State"]["Name"] == "stopping":
+                self._wait_state(iid, "stopped", server.hostname)
+            self.progress(30, f"starting {server.hostname} ({iid}): it was stopped")
+            self.ec2.call("start_instances", InstanceIds=[iid])
+            inst = None  # wait for it below
         if inst is None or inst["State"]["Name"] == "pending":
             inst = self._wait_state(iid, "running", server.hostname)
         assert inst is not None
         record = self._record(server, inst)
-        # created: the state did not know it yet (a new one, or one whose answer was lost)
-        return (known if known and known.get("id") == iid else record), not (
-            known and known.get("id") == iid)
+        if known and known.get("id") == iid:
+            if known.get("address") == record["address"]:
+                return known, False  # nothing to do
+            record["created_at"] = known.get("created_at")  # restarted: a new public address
+        # True: the state did not know it like this (new, its answer lost, or restarted)
+        return record, True
 
     def _record(self, server: Any, inst: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -311,6 +321,16 @@ class AwsProvider(Provider):
             raise ProvisioningError("taskservs on aws servers need provisioning.transport "
                                     "(SSH), which this build does not have") from None
         return Transport(self.state.data_dir)
+
+    def connection(self, record: dict[str, Any]) -> dict[str, Any]:
+        """What the transport needs: the public address (else the private one), the
+        image's ssh user, the key file of [provider] identity_file; a new instance's
+        host key is learned only with trust_on_first_use = true (section 11)."""
+        return {"address": record.get("address"), "port": int(record.get("port", 22)),
+                "user": record.get("ssh_user") or self.settings.get("ssh_user", "ubuntu"),
+                "identity_file": self.settings.get("identity_file"),
+                "host_key": record.get("host_key"),
+                "trust_on_first_use": bool(self.settings.get("trust_on_first_use", False))}
 
     def _conn(self, hostname: str) -> dict[str, Any]:
         record = self.state.server(self.infra, hostname)

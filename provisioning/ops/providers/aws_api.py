@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from provisioning.errors import ProvisioningError
+from provisioning.ops.providers.sdk import import_sdk
 
 RETRY_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded",
                          "TooManyRequestsException", "RequestThrottled", "SlowDown"})
@@ -79,14 +80,10 @@ class Ec2:
     def client(self) -> Any:
         if self._client is None:
             # lazy: boto3 is an optional extra, loaded only in the task that calls AWS
-            try:
-                import boto3
-                import botocore.config
-                import botocore.exceptions
-            except ImportError as e:
-                raise ProvisioningError(
-                    "the aws provider needs boto3, which is not installed",
-                    hint="pip install 'provisioning[aws]' (or the providers bundle)") from e
+            # (pip extra, or the providers bundle beside the zipapp's lib dir: sdk.py)
+            boto3 = import_sdk("boto3", provider="aws", extra="aws")
+            import botocore.config
+            import botocore.exceptions
             try:
                 session = boto3.session.Session(region_name=self.region)
                 creds = session.get_credentials()
