@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from provisioning.errors import ProvisioningError
-from provisioning.ops import installs, servers
+from provisioning.ops import installs, servers, tscontext
 from provisioning.ops.infra import load_infra
 from provisioning.ops.redact import StreamRedactor, redact_config, secret_values
 from provisioning.ops.state import StateStore
@@ -177,3 +177,13 @@ def test_a_failing_install_keeps_env_secrets_out_of_its_state_record(tmp_path, m
     assert record["status"] == "failed"
     assert secret not in json.dumps(record) and secret not in e.value.message
     assert "[leaky install] login with ***" in r.lines and secret not in "\n".join(r.lines)
+
+
+def test_secret_named_values_reach_scripts_on_stdin_only():
+    ctx = {"hostname": "h", "address": "127.0.0.2", "root": "/", "infra": "i", "taskserv": "t",
+           "dir": "/opt/provisioning/taskservs/t", "ports": {"http": 80},
+           "values": {"title": "x", "admin_password": "pw-123456", "workers": 2}}
+    env = tscontext.script_env(ctx, python="python3")
+    assert env["PROVISIONING_VALUE_TITLE"] == "x" and env["PROVISIONING_VALUE_WORKERS"] == "2"
+    assert "pw-123456" not in env.values()
+    assert tscontext.script_context(ctx)["values"]["admin_password"] == "pw-123456"

@@ -40,7 +40,7 @@ from provisioning.engine.proctree import kill_tree, marked_processes, signal_qui
 from provisioning.engine.protocol import LineParser
 from provisioning.engine.tasklog import TaskLog
 from provisioning.engine.taskrun import KEPT_ENV, TaskOutcome, TaskRun, clean_env
-from provisioning.ops.redact import StreamRedactor, secret_values
+from provisioning.ops.redact import StreamRedactor, process_secrets, secret_values
 from provisioning.ops.registry import python_script
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class TaskProcess:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # the task's secret-by-name env values (and the daemon's), plus what it declares
-        self._redactor = StreamRedactor(secret_values(run.env, os.environ))
+        self._redactor = StreamRedactor(secret_values(run.env) | process_secrets())
 
     def stop(self, reason: str) -> None:
         """Ask the run loop to kill the tree (cancel/shutdown). Never blocks."""

