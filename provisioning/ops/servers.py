@@ -70,6 +70,7 @@ def delete(infra_name: str, hostname: str, report: Any, *, provider: Any = None,
 # -- views -----------------------------------------------------------------------
 
 GONE = ("missing", "terminated", "shutting-down", "deleted")
+UP = ("running", "started")  # a provider's word for a server that runs (EC2, UpCloud)
 
 
 def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
@@ -103,8 +104,8 @@ def server_view(infra_name: str, record: dict[str, Any], state: StateStore,
         taskservs.append(view)
     if not exists:
         status = "missing"
-    elif provider_state != "running":
-        status = provider_state  # as the provider says: pending, stopped...
+    elif provider_state not in UP:
+        status = provider_state  # as the provider says: pending, stopped, maintenance...
     elif any(t["status"] in ("dead", "unhealthy") for t in taskservs):
         status = "degraded"
     elif any(t["status"] in ("failed", "installing", "starting") for t in taskservs):
