@@ -201,7 +201,7 @@ def _keygen(path: Path, comment: str) -> str:
 
 
 class HostFactory:
-    def __init__(self, base: Path, request: pytest.FixtureRequest):
+    def __init__(self, base: Path, request: pytest.FixtureRequest | None = None):
         self.base = base
         self.request = request
         self.hosts: list[TestHost] = []
@@ -219,7 +219,8 @@ class HostFactory:
                 raise AssertionError(f"sshd of {h.name} did not start: "
                                      f"{h.log.read_text(errors='replace')[-2000:]}")
         _MODES_SEEN[self.mode] = _MODES_SEEN.get(self.mode, 0) + n
-        self.request.node.user_properties.append(("ssh_hosts", self.mode))
+        if self.request is not None:
+            self.request.node.user_properties.append(("ssh_hosts", self.mode))
         print(f"ssh test hosts: {n} in mode {self.mode} "
               f"({', '.join(h.address for h in made)})")
         return made
