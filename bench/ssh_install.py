@@ -81,10 +81,11 @@ def _timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, floa
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    tail = int(os.environ.get("BENCH_TAIL", "300"))  # more of the output when debugging
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(argv[0]).name} failed: "
-                           f"{(proc.stdout + proc.stderr).strip()[-300:]}")
-    return wall, cpu, proc.stdout[-200:]
+                           f"{(proc.stdout + proc.stderr).strip()[-tail:]}")
+    return wall, cpu, proc.stdout[-tail:]
 
 
 def _taskserv(ws: Path) -> Path:
@@ -170,9 +171,10 @@ def measure_ansible(exe: str, hosts, ws: Path, ts: Path, runs: int, known: Path)
             "[ssh_connection]\n"
             f"ssh_args = -F /dev/null -o ControlMaster=auto -o ControlPersist=60s "
             f"-o UserKnownHostsFile={known} -o GlobalKnownHostsFile=/dev/null "
-            "-o StrictHostKeyChecking=yes\n"
-            f"control_path = {cp}/%%(hostname)s\n")
-        env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), HOME=str(ws / "ansible"))
+            "-o StrictHostKeyChecking=yes\n")
+        env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), HOME=str(ws / "ansible"),
+                   ANSIBLE_CALLBACKS_ENABLED=os.environ.get("BENCH_ANSIBLE_CALLBACKS", ""),
+                   ANSIBLE_SSH_CONTROL_PATH=f"{cp}/%%C")  # ansible %-formats it; ssh's %C
         before = _accepted(hosts)
         try:
             wall, cpu, _ = _timed([exe, "-i", str(inv), str(play)], env, play.parent)
