@@ -173,7 +173,6 @@ def measure_ansible(exe: str, hosts, ws: Path, ts: Path, runs: int, known: Path)
             f"-o UserKnownHostsFile={known} -o GlobalKnownHostsFile=/dev/null "
             "-o StrictHostKeyChecking=yes\n")
         env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), HOME=str(ws / "ansible"),
-                   ANSIBLE_CALLBACKS_ENABLED=os.environ.get("BENCH_ANSIBLE_CALLBACKS", ""),
                    ANSIBLE_SSH_CONTROL_PATH=f"{cp}/%%C")  # ansible %-formats it; ssh's %C
         before = _accepted(hosts)
         try:
