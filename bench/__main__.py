@@ -8,7 +8,8 @@ table as markdown for docs/performance.md.
 
 Figures: 1 cli, 2 submit, 3 tasks, 4 pyops, 5 dag, 6 recovery, 7 idle,
 8 autostart, 9 zygote, 10 nickel (bench/nickel_load.py),
-11 ssh (bench/ssh_install.py). Some call the single-purpose scripts beside this file
+11 ssh (bench/ssh_install.py; only with `--only ssh`). Some call the single-purpose
+scripts beside this file
 (submit.py, idle.py, autostart.py, engine_dag.py) as subprocesses and parse
 their JSON or text output; those scripts stay runnable on their own.
 
@@ -553,6 +554,7 @@ TITLES = {1: "CLI start", 2: "Submit (HTTP, durable)", 3: "Task execution",
           7: "Idle daemon", 8: "Cold auto-start", 9: "Python zygote",
           10: "Nickel workflow files"}
 TITLES[11] = "Taskserv on 10 ssh hosts"
+OPT_IN = {11}  # only with --only: needs root, openssh-server, and installs Ansible + pyinfra
 
 
 def parse_only(values: list[str]) -> list[int]:
@@ -563,7 +565,7 @@ def parse_only(values: list[str]) -> list[int]:
             if num not in TITLES:
                 raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-10)")
             chosen.append(num)
-    return sorted(set(chosen)) or list(TITLES)
+    return sorted(set(chosen)) or [n for n in TITLES if n not in OPT_IN]
 
 
 def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
