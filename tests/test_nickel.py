@@ -247,7 +247,7 @@ def test_infra_contract_error_is_located_and_python_agrees(tmp_path: Path):
     assert "servers[0].hostname 'web_1' is not a valid hostname" in text
 
 
-SERVER_SAMPLE = {str: "x", list: [], dict: {}}
+SERVER_SAMPLE = {str: "x", list: [], dict: {}, int: 22}
 
 
 def test_infra_contract_accepts_every_key_python_accepts(tmp_path: Path):
