@@ -7,8 +7,9 @@ target, pass/MISS) and writes bench/results.json. `--markdown` also prints the
 table as markdown for docs/performance.md.
 
 Figures: 1 cli, 2 submit, 3 tasks, 4 pyops, 5 dag, 6 recovery, 7 idle,
-8 autostart, 9 zygote, 10 nickel (bench/nickel_load.py). Some call the
-single-purpose scripts beside this file
+8 autostart, 9 zygote, 10 nickel (bench/nickel_load.py),
+11 ssh (bench/ssh_install.py; only with `--only ssh`). Some call the single-purpose
+scripts beside this file
 (submit.py, idle.py, autostart.py, engine_dag.py) as subprocesses and parse
 their JSON or text output; those scripts stay runnable on their own.
 
@@ -37,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import nickel_load, peers, report  # noqa: E402
+from bench import nickel_load, peers, report, ssh_install  # noqa: E402
 from bench.report import Figure, Row, Target, row_from_samples  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -547,10 +548,13 @@ def fig_autostart(s: Scale, tmp: Path) -> Figure:
 
 FIGURES = {"cli": 1, "submit": 2, "tasks": 3, "pyops": 4, "dag": 5, "recovery": 6, "idle": 7,
            "autostart": 8, "zygote": 9, "nickel": 10}
+FIGURES["ssh"] = 11  # bench/ssh_install.py
 TITLES = {1: "CLI start", 2: "Submit (HTTP, durable)", 3: "Task execution",
           4: "Python business-logic ops", 5: "DAG scale", 6: "Recovery after kill -9",
           7: "Idle daemon", 8: "Cold auto-start", 9: "Python zygote",
           10: "Nickel workflow files"}
+TITLES[11] = "Taskserv on 10 ssh hosts"
+OPT_IN = {11}  # only with --only: needs root, openssh-server, and installs Ansible + pyinfra
 
 
 def parse_only(values: list[str]) -> list[int]:
@@ -561,7 +565,7 @@ def parse_only(values: list[str]) -> list[int]:
             if num not in TITLES:
                 raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-10)")
             chosen.append(num)
-    return sorted(set(chosen)) or list(TITLES)
+    return sorted(set(chosen)) or [n for n in TITLES if n not in OPT_IN]
 
 
 def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
@@ -579,7 +583,8 @@ def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
                5: lambda: fig_dag(s, tmp), 6: lambda: fig_recovery(s, tmp),
                7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp),
                9: lambda: fig_zygote(s, tmp),
-               10: lambda: nickel_load.figure(s.quick, tmp)}[num]()
+               10: lambda: nickel_load.figure(s.quick, tmp),
+               11: lambda: ssh_install.figure(s.quick, tmp)}[num]()
     except Exception as e:  # one broken figure must not hide the others
         traceback.print_exc(file=sys.stderr)
         fig = Figure(num, TITLES[num], rows=[Row(TITLES[num], error=str(e)[:300] or repr(e))])

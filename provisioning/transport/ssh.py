@@ -230,7 +230,8 @@ class Transport:
             env: dict[str, str] | None = None, timeout: float | None = None
             ) -> subprocess.CompletedProcess[str]:
         """Run argv on the host; output captured; never raises on a non-zero exit
-        (only when the host cannot be reached: TransportError)."""
+        (only when the host cannot be reached: TransportError). `env` values travel
+        in the remote command line (`env K=V ...`): never a secret there, use stdin."""
         if not argv:
             raise TransportError("nothing to run")
         remote = list(argv)
