@@ -5,7 +5,7 @@ against `xargs -P10` running the same 500 commands, in the same run.
 
     .venv/bin/python bench/engine_tasks.py --store json [--dir /var/tmp]
 
-Prints both wall times and the ratio (target <= 2x), and the start-up cost of a
+Prints both wall times and the ratio (target <= 1.5x, issue 19), and the start-up cost of a
 Python op (built-in `noop`) against a bare `python -c pass` (target <= 1.5x).
 The engine runs in-process; each task is a fresh subprocess with its own
 session, log file, timeout and cleaned environment.
@@ -99,7 +99,7 @@ def main() -> None:
           f"store={args.store} fsync={fsync}")
     print(f"xargs -P{args.parallel}: {xargs_s:.3f} s")
     print(f"engine:     {engine_s:.3f} s  ({engine_s / args.tasks * 1000:.2f} ms/task)")
-    print(f"ratio engine/xargs: {engine_s / xargs_s:.2f}x (target <= 2x)")
+    print(f"ratio engine/xargs: {engine_s / xargs_s:.2f}x (target <= 1.5x)")
     if args.no_python_op:
         return
     op_s, bare_s = python_op_overhead()

@@ -143,8 +143,9 @@ def crash_iteration(base: Path, rng: random.Random, kind: str,
     cfg = {"storage": {"data_dir": str(data)},
            "executor": {"max_concurrent_tasks": 8, "checkpoint_interval_seconds": 0,
                         "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
-    if ops == "python":
+    if ops == "python":  # forked by the zygote (on by default on Linux; said here)
         cfg["executor"]["lib_dirs"] = [str(python_op_lib(base, "task", PYTHON_TASK))]
+        cfg["executor"]["python_zygote"] = True
     spec = dag(rng, script, effects, ops)
     d = start_daemon(base, **cfg)
     accepted: list[str] = []
