@@ -19,25 +19,17 @@ Shapes:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from provisioning.errors import UsageError, ValidationError
 from provisioning.model import TaskSpec, WorkflowSpec
+from provisioning.model import task_id_from as task_id
 from provisioning.ops.infra import Infra, load_infra, resolve_infra
 from provisioning.ops.state import StateStore
 
 KINDS = ("server.create", "server.delete", "taskserv.create", "taskserv.delete",
          "cluster.create", "cluster.delete")
-
-
-def task_id(*parts: str) -> str:
-    """A valid task id ([A-Za-z0-9_-], at most 64) that still reads like its parts."""
-    raw = "-".join(parts)
-    if len(raw) <= 64:
-        return raw
-    return raw[:55] + "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 
 def _base(infra: Infra) -> dict[str, Any]:
