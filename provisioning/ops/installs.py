@@ -41,6 +41,9 @@ from provisioning.ops.taskservs import (
 from provisioning.polling import wait_until
 
 INSTALL_TIMEOUT_S = 300
+# helpers every taskserv's scripts and services may use (lib/ beside their files):
+# one copy in the package for all of them
+TASKSERV_LIB = Path(__file__).resolve().parent / "taskserv_lib"
 DEFAULT_HEALTH_TIMEOUT_S = 20
 
 
@@ -211,8 +214,12 @@ def _deploy_and_run(infra: Infra, server: dict[str, Any], tdef: Any, ports: dict
 
 
 def _copy_folder(tdef: Any, provider: Any, hostname: str, record: dict[str, Any]) -> None:
-    """The taskserv folder to <root>/opt/provisioning/taskservs/<name>/ (scripts 0700)."""
+    """The taskserv folder to <root>/opt/provisioning/taskservs/<name>/ (scripts 0700),
+    with the helpers every taskserv may use (lib/: provisioning.sh, provisioning_service.py)."""
     rel, _ = deploy_dir("/", tdef.name)
+    for helper in sorted(TASKSERV_LIB.iterdir()):
+        if helper.suffix in (".sh", ".py"):
+            provider.copy_file(hostname, helper, f"{rel}/lib/{helper.name}", mode=0o600)
     for f in sorted(tdef.dir.rglob("*")):
         if f.is_file() and "__pycache__" not in f.parts:
             name = f.relative_to(tdef.dir).as_posix()

@@ -11,6 +11,9 @@ import socket
 import sys
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+from provisioning_service import detach  # noqa: E402 - lib/ beside this file
+
 
 class Handler(SimpleHTTPRequestHandler):
     kv = ("127.0.0.1", 0)
@@ -37,26 +40,6 @@ class Handler(SimpleHTTPRequestHandler):
                 return s.recv(64).decode().strip()
         except OSError as e:
             return f"kvstore unavailable ({e})"
-
-
-def detach(server, pidfile, log):
-    """Serve in the background: bound already (a busy port failed the install), own
-    session, output to the log, the child's pid in `pidfile`; the caller returns."""
-    pid = os.fork()
-    if pid:
-        tmp = pidfile + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.replace(tmp, pidfile)
-        os._exit(0)
-    os.setsid()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.close(null)
 
 
 def mark_installed(kv, hostname):

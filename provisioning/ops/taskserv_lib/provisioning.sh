@@ -1,6 +1,9 @@
-# Sourced by remove/install: stop_pidfile FILE WORD stops the process FILE names
-# when its command line holds WORD (a reused pid is left alone): TERM, then
-# polling up to 10 s for it to end, then KILL. The pid file is removed.
+# Shell helpers for taskserv scripts, copied with every taskserv to
+# <root>/opt/provisioning/taskservs/<name>/lib/provisioning.sh (ops/installs.py):
+#   . "$PROVISIONING_TASKSERV_DIR/lib/provisioning.sh"
+# stop_pidfile FILE WORD stops the process FILE names when its command line
+# holds WORD (a reused pid is left alone): TERM, then polling up to 10 s for it
+# to end, then KILL. The pid file is removed.
 cmdline_of() {
     if [ -r "/proc/$1/cmdline" ]; then
         tr '\000' ' ' <"/proc/$1/cmdline"
