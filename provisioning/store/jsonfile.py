@@ -35,6 +35,7 @@ from provisioning.store import checks
 from provisioning.store.events import EventLogs
 from provisioning.store.fileio import Spares, replace_many, storage_errors
 from provisioning.store.queuefiles import load_queue, task_file, workflow_file
+from provisioning.store.taskfiles import TaskFiles
 from provisioning.store.writer import WriterDied, WriterProcess, wait_for_old_writer
 
 log = logging.getLogger("provisioning.store")
@@ -61,7 +62,7 @@ class JsonFileStore(Store):
         self._events = EventLogs(data_paths.events_dir)
         self._guard = threading.Lock()
         # Per-workflow log/checkpoint dirs known to exist: no mkdir+chmod per task.
-        self._made_dirs: set[Path] = set()
+        self.task_files = TaskFiles(data_paths)
 
     # -- writes --------------------------------------------------------------
 
@@ -232,19 +233,10 @@ class JsonFileStore(Store):
     # -- files written by task processes -------------------------------------
 
     def task_log_path(self, workflow_id: str, task_id: str) -> Path:
-        return self._task_file_in(self.paths.logs_dir, workflow_id, task_id, ".log")
+        return self.task_files.log_path(workflow_id, task_id)
 
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
-        return self._task_file_in(self.paths.checkpoints_dir, workflow_id, task_id, ".json")
-
-    def _task_file_in(self, base: Path, workflow_id: str, task_id: str, suffix: str) -> Path:
-        d = base / checks.check_id(workflow_id, "workflow id")
-        if d not in self._made_dirs:
-            with storage_errors(base):
-                fsutil.ensure_private_dir(d)
-            with self._guard:
-                self._made_dirs.add(d)
-        return d / f"{checks.check_id(task_id, 'task id')}{suffix}"
+        return self.task_files.checkpoint_path(workflow_id, task_id)
 
     # -- lifecycle ---------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from provisioning.store import checks
 from provisioning.store import postgres_schema as schema
 from provisioning.store.fileio import storage_errors
 from provisioning.store.postgres_session import Session
+from provisioning.store.taskfiles import TaskFiles
 
 log = logging.getLogger("provisioning.store")
 
@@ -78,7 +79,7 @@ class PostgresStore(Store):
         with storage_errors(data_paths.data_dir):
             for d in (data_paths.data_dir, data_paths.logs_dir, data_paths.checkpoints_dir):
                 fsutil.ensure_private_dir(d)
-        self._made_dirs: set[Path] = set()
+        self.task_files = TaskFiles(data_paths)
         self._quarantined = 0
         # Events read by load() for the engine's start (one query instead of one per
         # workflow); each workflow's taken once by load_events, dropped on any event write.
@@ -259,18 +260,10 @@ class PostgresStore(Store):
     # -- files written by task processes ---------------------------------------------
 
     def task_log_path(self, workflow_id: str, task_id: str) -> Path:
-        return self._task_file_in(self.paths.logs_dir, workflow_id, task_id, ".log")
+        return self.task_files.log_path(workflow_id, task_id)
 
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
-        return self._task_file_in(self.paths.checkpoints_dir, workflow_id, task_id, ".json")
-
-    def _task_file_in(self, base: Path, workflow_id: str, task_id: str, suffix: str) -> Path:
-        d = base / checks.check_id(workflow_id, "workflow id")
-        if d not in self._made_dirs:
-            with storage_errors(base):
-                fsutil.ensure_private_dir(d)
-            self._made_dirs.add(d)
-        return d / f"{checks.check_id(task_id, 'task id')}{suffix}"
+        return self.task_files.checkpoint_path(workflow_id, task_id)
 
     # -- lifecycle -------------------------------------------------------------------
 
