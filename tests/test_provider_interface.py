@@ -37,7 +37,7 @@ def test_aws_settings_and_connection_need_no_boto3(tmp_path):
     assert any(p.startswith("access_key: credentials never go in the infra file")
                for p in problems)
     assert "vpc_id and vpc_cidr: give one of them, not both" in problems
-    assert "public_ip: wrong type, got 'yes'" in problems
+    assert "public_ip: wrong type, got 'yes' (bool expected)" in problems
     p = AwsProvider(infra="i", settings={"region": "r", "image": "ami-1", "ssh_user": "admin",
                                          "identity_file": "~/.ssh/k"},
                     state=StateStore(tmp_path / "data"))

@@ -34,7 +34,7 @@ from provisioning.errors import ProvisioningError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 from provisioning.ops.providers import aws_net
 from provisioning.ops.providers.aws_api import Ec2, tags_of
-from provisioning.ops.providers.base import Provider
+from provisioning.ops.providers.base import Provider, settings_problems
 from provisioning.ops.state import hold_lock
 from provisioning.polling import wait_until
 
@@ -50,21 +50,19 @@ SECRET_WORDS = re.compile(r"secret|access_key|token|password|credential", re.I)
 EXCLUSIVE = (("vpc_id", "vpc_cidr"), ("subnet_id", "subnet_cidr"))
 
 
+def _credential_key(key: str) -> str | None:
+    if SECRET_WORDS.search(key):
+        return ("credentials never go in the infra file; boto3 reads them from "
+                "AWS_PROFILE / ~/.aws or the environment")
+    return None
+
+
 class AwsProvider(Provider):
     name = "aws"
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
-        problems = []
-        for key, value in settings.items():
-            if key not in SETTINGS and SECRET_WORDS.search(key):
-                problems.append(f"{key}: credentials never go in the infra file; boto3 reads "
-                                "them from AWS_PROFILE / ~/.aws or the environment")
-            elif key not in SETTINGS:
-                problems.append(f"{key}: unknown key (known: {', '.join(SETTINGS)})")
-            elif not isinstance(value, SETTINGS[key]) or isinstance(value, bool) != (
-                    SETTINGS[key] is bool):
-                problems.append(f"{key}: wrong type, got {value!r}")
+        problems = settings_problems(settings, SETTINGS, credential=_credential_key)
         for key in ("region", "image"):
             if not settings.get(key):
                 problems.append(f"{key} is required for provider aws")

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import abc
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,26 @@ class Provider(abc.ABC):
     def port_offset(self, record: dict[str, Any]) -> int:
         """Added to every declared taskserv port (providers sharing one address)."""
         return int(record.get("port_offset", 0))
+
+
+def settings_problems(settings: dict[str, Any], table: dict[str, Any], *,
+                      credential: Callable[[str], str | None] | None = None) -> list[str]:
+    """The [provider] keys checked against a provider's table, each problem naming the
+    key: a value in `table` is a type (or tuple of types: bool is never an int) or a
+    tuple of allowed strings; `credential(key)` says why a key may never be there."""
+    problems = []
+    for key, value in settings.items():
+        refused = credential(key) if credential is not None and key not in table else None
+        spec = table.get(key)
+        if refused:
+            problems.append(f"{key}: {refused}")
+        elif spec is None:
+            problems.append(f"{key}: unknown key (known: {', '.join(table)})")
+        elif isinstance(spec, tuple) and all(isinstance(v, str) for v in spec):
+            if value not in spec:
+                problems.append(f"{key} must be one of {', '.join(spec)}, got {value!r}")
+        elif not isinstance(value, spec) or isinstance(value, bool) != (spec is bool):
+            expected = " or ".join(t.__name__ for t in (spec if isinstance(spec, tuple)
+                                                        else (spec,)))
+            problems.append(f"{key}: wrong type, got {value!r} ({expected} expected)")
+    return problems

@@ -28,7 +28,7 @@ from typing import Any
 
 from provisioning.errors import ProvisioningError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
-from provisioning.ops.providers.base import Provider
+from provisioning.ops.providers.base import Provider, settings_problems
 from provisioning.ops.state import hold_lock
 
 SUBDIRS = ("etc", "srv", "var", "log", "run", "opt")
@@ -43,14 +43,7 @@ class LocalProvider(Provider):
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
-        problems = []
-        for key, value in settings.items():
-            if key not in SETTINGS:
-                problems.append(f"{key}: unknown key (known: {', '.join(SETTINGS)})")
-            elif value not in SETTINGS[key]:
-                problems.append(f"{key} must be one of {', '.join(SETTINGS[key])}, "
-                                f"got {value!r}")
-        return problems
+        return settings_problems(settings, SETTINGS)
 
     # -- locations -------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ from typing import Any
 
 from provisioning.errors import ProvisioningError, TransportError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
-from provisioning.ops.providers.base import Provider
+from provisioning.ops.providers.base import Provider, settings_problems
 from provisioning.transport import Transport
 from provisioning.transport.hostkeys import normalize_key
 
@@ -69,14 +69,7 @@ class SshProvider(Provider):
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
-        problems = []
-        for key, value in settings.items():
-            if key not in SETTINGS:
-                problems.append(f"{key}: unknown key (known: {', '.join(SETTINGS)})")
-            elif not isinstance(value, SETTINGS[key]) or (
-                    SETTINGS[key] is int and isinstance(value, bool)):
-                problems.append(f"{key} must be {SETTINGS[key].__name__}, got {value!r}")
-        return problems
+        return settings_problems(settings, SETTINGS)
 
     @classmethod
     def validate_server(cls, conn: dict[str, Any]) -> list[str]:

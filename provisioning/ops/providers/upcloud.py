@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.errors import ProvisioningError, ValidationError
-from provisioning.ops.providers.base import Provider
+from provisioning.ops.providers.base import Provider, settings_problems
 from provisioning.polling import wait_until
 
 LABEL_INFRA = "provisioning:infra"
@@ -62,22 +62,19 @@ def label_problem(key: str, value: str) -> str | None:
     return None
 
 
+def _credential_key(key: str) -> str | None:
+    if key.lower() in CREDENTIAL_KEYS:
+        return ("credentials never go in the infra file; set UPCLOUD_TOKEN or "
+                "UPCLOUD_USERNAME/UPCLOUD_PASSWORD in the environment")
+    return None
+
+
 class UpCloudProvider(Provider):
     name = "upcloud"
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
-        problems = []
-        for key, value in settings.items():
-            if key.lower() in CREDENTIAL_KEYS:
-                problems.append(f"{key}: credentials never go in the infra file; set "
-                                "UPCLOUD_TOKEN or UPCLOUD_USERNAME/UPCLOUD_PASSWORD "
-                                "in the environment")
-            elif key not in SETTINGS:
-                problems.append(f"{key}: unknown key (known: {', '.join(SETTINGS)})")
-            elif not isinstance(value, SETTINGS[key]) or isinstance(value, bool) != (
-                    SETTINGS[key] is bool):
-                problems.append(f"{key}: wrong type, got {value!r}")
+        problems = settings_problems(settings, SETTINGS, credential=_credential_key)
         if not settings.get("template"):
             problems.append("template is required (a template title or storage UUID)")
         if "ssh_keys" in settings and not all(isinstance(k, str) for k in settings["ssh_keys"]):
