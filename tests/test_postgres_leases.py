@@ -154,3 +154,12 @@ def test_finish_drops_only_the_owners_lease(connect):
         assert leases.finish(cur, "B", "wf-0000") is False  # not B's to finish
         assert leases.finish(cur, "A", "wf-0000") is True
     assert a.execute("SELECT count(*) FROM workflow_leases").fetchone() == (0,)
+
+
+def test_a_restarted_daemon_takes_its_own_leases_back_at_once(connect):
+    a = connect()
+    offer_free(a, 2)
+    assert leases.claim(a, "A", 600, 10) == {"wf-0000": 1, "wf-0001": 1}
+    assert leases.claim(a, "A", 600, 10) == {}  # a running daemon does not re-claim its own
+    assert leases.claim(connect(), "B", 600, 10) == {}
+    assert leases.claim(a, "A", 600, 10, mine_too=True) == {"wf-0000": 2, "wf-0001": 2}

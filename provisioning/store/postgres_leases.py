@@ -32,12 +32,12 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-CHANNEL = "provisioning_work"  # NOTIFY payload: "offer", "release" or "finish"
+CHANNEL = "provisioning_work"  # NOTIFY payload: "offer", "release", "finish" or "stop"
 
 CLAIM = """
 WITH free AS (
     SELECT workflow_id FROM workflow_leases
-    WHERE owner IS NULL OR expires_at < now()
+    WHERE owner IS NULL OR expires_at < now() OR (%(mine_too)s AND owner = %(me)s)
     ORDER BY expires_at, workflow_id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED)
@@ -63,10 +63,12 @@ def offer(cur: Any, workflow_id: str, owner: str | None, lease_s: float) -> None
     cur.execute("SELECT pg_notify(%s, 'offer')", (CHANNEL,))
 
 
-def claim(conn: Any, me: str, lease_s: float, limit: int) -> dict[str, int]:
-    """Free or expired workflows now owned by ``me``: {workflow id: epoch}."""
+def claim(conn: Any, me: str, lease_s: float, limit: int, *,
+          mine_too: bool = False) -> dict[str, int]:
+    """Free or expired workflows now owned by ``me``: {workflow id: epoch}.
+    ``mine_too`` (a daemon's start): also those ``me`` held before a restart."""
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(CLAIM, {"me": me, "lease": lease_s, "limit": limit})
+        cur.execute(CLAIM, {"me": me, "lease": lease_s, "limit": limit, "mine_too": mine_too})
         return dict(cur.fetchall())
 
 
