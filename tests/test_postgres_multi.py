@@ -80,6 +80,11 @@ def test_several_daemons_on_one_database_run_every_task_exactly_once(tmp_path, d
         submitted.append((d, body["workflow_id"]))
     for d, wid in submitted:
         assert d.wait_workflow(wid, timeout=180)["status"] == "succeeded"
+    for i, (_, wid) in enumerate(submitted):  # any daemon answers about any workflow
+        status, view = ds[(i + 1) % count].request("GET", f"/workflows/{wid}")
+        assert status == 200, view
+        assert view["status"] == "succeeded" and view["counts"]["succeeded"] == per
+        assert [t["status"] for t in view["tasks"]] == ["succeeded"] * per
     counts = effect_counts(effects)
     assert len(counts) == 2 * count * per >= 200
     assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}

@@ -199,8 +199,17 @@ class Engine:
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
         with self._lock:
-            flow = self._flow(workflow_id)
-            view, written = self._view(flow), flow.written
+            flow = self.flows.get(workflow_id)
+            if flow is not None:
+                view, written = self._view(flow), flow.written
+        if flow is None:  # another daemon's (storage.postgres_shared): as stored now
+            found = (self.store.read_workflow(workflow_id)
+                     if model.valid_workflow_id(workflow_id) else None)
+            if found is not None:
+                return views.workflow_view(*found)
+            with self._lock:  # NotFound, or adopted meanwhile
+                flow = self._flow(workflow_id)
+                view, written = self._view(flow), flow.written
         self.journal.settle(written)
         return view
 

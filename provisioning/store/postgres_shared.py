@@ -27,6 +27,7 @@ daemon owns whole workflows under leases (postgres_leases.py, README
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -38,6 +39,7 @@ from typing import Any
 from provisioning import fsutil
 from provisioning.model import FINISHED_WORKFLOW, Record
 from provisioning.paths import DataPaths
+from provisioning.store import checks
 from provisioning.store import postgres_leases as leases
 from provisioning.store import postgres_schema as schema
 from provisioning.store.postgres import PostgresStore
@@ -138,6 +140,27 @@ class SharedPostgresStore(PostgresStore):
                 return wf_rows, cur.fetchall()
 
         return self._trusted_records(*self.run(read))
+
+    def read_workflow(self, workflow_id: str) -> tuple[Record, list[Record]] | None:
+        """Another daemon's workflow as stored now (read-only: nothing set aside,
+        nothing rebuilt); its tasks in task_ids order."""
+        def read(conn: Any) -> tuple[Any, list[tuple[str]]]:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute("SELECT rec::text FROM workflows WHERE id = %s", (workflow_id,))
+                row = cur.fetchone()
+                cur.execute("SELECT rec::text FROM tasks WHERE workflow_id = %s", (workflow_id,))
+                return row, cur.fetchall()
+
+        row, task_rows = self.run(read)
+        if row is None:
+            return None
+        workflow = json.loads(row[0])
+        tasks = {t.get("id"): t for t in (json.loads(text) for (text,) in task_rows)}
+        if checks.check_workflow(workflow, workflow_id):
+            return None
+        ordered = [tasks[tid] for tid in workflow["task_ids"]
+                   if tid in tasks and not checks.check_task(tasks[tid], tasks[tid].get("key"))]
+        return workflow, ordered
 
     # -- the lease thread -----------------------------------------------------------
 
