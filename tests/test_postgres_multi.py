@@ -12,6 +12,8 @@ PostgreSQL for the tests they skip with the reason.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -147,3 +149,33 @@ def test_a_daemon_restarted_after_kill_9_takes_its_workflow_back_without_waiting
     assert len(counts) == 30 and all(n <= 2 for n in counts.values()), counts
     assert rows(dsn, "SELECT count(*) FROM daemons") == [(1,)]
     again.stop()
+
+
+def test_a_stalled_daemon_whose_lease_ran_out_is_fenced_and_stops(tmp_path, dsn):
+    script, effects = tmp_path / "task.sh", tmp_path / "effects.log"
+    script.write_text(TASK_SCRIPT)
+    a, b = daemons(tmp_path, dsn, 2)
+    status, body = a.request("POST", "/workflows",
+                             spec("w", script, effects, 40, pause="0.1", chain=True))
+    assert status == 202, body
+    wid = body["workflow_id"]
+    wait_for(lambda: sum(effect_counts(effects).values()) >= 8, timeout=60, interval=0.01,
+             what="a few task runs")
+    (owner,), = rows(dsn, f"SELECT owner FROM workflow_leases WHERE workflow_id = '{wid}'")
+    os.kill(a.pid, signal.SIGSTOP)  # stalled (or cut off): no heartbeat
+    try:
+        wait_for(lambda: rows(dsn, f"SELECT 1 FROM workflow_leases WHERE workflow_id = '{wid}' "
+                                   f"AND owner <> '{owner}'"),
+                 timeout=LEASE_S + TAKEOVER_BOUND_S, interval=0.05, what="the takeover")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    wait_for(lambda: not a.alive(), timeout=30, interval=0.05, what="the fenced daemon to stop")
+    assert "lost workflows" in (a.data_dir / "orchestrator.log").read_text()
+    view = b.wait_workflow(wid, timeout=120)
+    assert view["status"] == "succeeded", [(t["id"], t["status"], t["error"], t["message"])
+                                           for t in view["tasks"] if t["status"] != "succeeded"]
+    statuses = {r[0] for r in rows(dsn, f"SELECT status FROM tasks WHERE workflow_id = '{wid}'")}
+    assert statuses == {"succeeded"}  # the fenced daemon overwrote none of the new owner's
+    counts = effect_counts(effects)
+    assert len(counts) == 40 and all(n <= 2 for n in counts.values()), counts
+    b.stop()

@@ -70,6 +70,7 @@ class SharedPostgresStore(PostgresStore):
         self.daemon_id = daemon_id(data_paths)
         self.lease_s = float(lease_s)
         self.held: dict[str, int] = {}  # workflow id -> epoch it was claimed with
+        self.lost: set[str] = set()  # taken over by another daemon: never written again
         # Held across a whole batch (RLock: _in_batch takes it again): a snapshot of
         # ``held`` taken under it has only workflows whose lease rows committed.
         self._held_lock = threading.RLock()
@@ -105,7 +106,7 @@ class SharedPostgresStore(PostgresStore):
                 leases.offer(cur, row[0], self.daemon_id, self.lease_s)
                 self.held[row[0]] = 1
             ids = written | {r[0] for r in workflow_rows}
-            unheld = ids - set(self.held)
+            unheld = ids - set(self.held) - self.lost
             reopened = {r[0] for r in workflow_rows if r[3] not in FINISHED_WORKFLOW} & unheld
             for wid in reopened:  # retried after it finished: its lease row is gone
                 cur.execute("INSERT INTO workflow_leases (workflow_id, owner, expires_at, epoch) "
@@ -115,7 +116,9 @@ class SharedPostgresStore(PostgresStore):
                 if cur.fetchone():
                     self.held[wid] = 1
             skip = leases.fenced_out(cur, self.daemon_id, self.held, ids & set(self.held))
-            if others := sorted(ids - set(self.held)):  # no row: finished here, writes go on
+            self.lost |= skip  # expired or taken: it will not be this daemon's again
+            skip |= ids & self.lost
+            if others := sorted(unheld - set(self.held)):  # no row: finished here, writes go on
                 cur.execute("SELECT workflow_id FROM workflow_leases WHERE workflow_id = ANY(%s)",
                             (others,))
                 skip |= {row[0] for row in cur.fetchall()}
@@ -207,6 +210,7 @@ class SharedPostgresStore(PostgresStore):
                     if still.get(wid) != epoch and self.held.get(wid) == epoch}
             for wid in lost:
                 del self.held[wid]
+            self.lost |= lost
         if lost:
             log.error("lost the lease of workflows %s (another daemon has them now)",
                       ", ".join(sorted(lost)))
@@ -220,7 +224,10 @@ class SharedPostgresStore(PostgresStore):
                 self.held.update(got)
             workflows, tasks = self.read_workflows(sorted(got))
             log.info("adopting %d workflows: %s", len(workflows), ", ".join(sorted(got)))
-            on_adopt(workflows, tasks)
+            # Its own thread: recovery may wait for old task processes to die, and the
+            # heartbeats must go on meanwhile (or this daemon's own leases run out).
+            threading.Thread(target=on_adopt, args=(workflows, tasks), name="pg-adopt",
+                             daemon=True).start()
 
     def peers(self) -> list[dict[str, Any]]:
         """Every daemon of the database and its last heartbeat (for /health)."""
