@@ -71,6 +71,10 @@ class StorageConfig:
     # backend "postgres" (DESIGN.md 15): a libpq DSN ("host=... dbname=..." or a
     # postgresql:// URI); empty: libpq's PG* environment variables alone
     postgres_dsn: str = field(default="", repr=False)  # may hold a password
+    # several daemons on one database, each owning whole workflows under a lease
+    # it renews (README "Running several orchestrators"); false: one daemon only
+    postgres_shared: bool = False
+    postgres_lease_seconds: float = 15.0  # a dead daemon's workflows move after this
 
 
 @dataclass(frozen=True)

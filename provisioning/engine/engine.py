@@ -91,25 +91,44 @@ class Engine:
             if self._started:
                 return
             self.launcher.capture_env()
-            workflows, tasks = self.store.load()
-            by_id = {w["id"]: w for w in workflows if model.valid_workflow_id(w.get("id"))}
-            last_lease = 0
-            for t in tasks:  # before recovery clears leases: tokens must only grow
-                self._last_seq = max(self._last_seq, _int(t.get("seq")))
-                last_lease = max(last_lease, _int((t.get("lease") or {}).get("token")),
-                                 _int(t.get("last_lease_token")))
-            recover_running_tasks(self.store, by_id, tasks,
-                                  kill_grace=self.config.executor.kill_grace_seconds)
-            grouped: dict[str, list[Record]] = {}
-            for t in tasks:
-                grouped.setdefault(t.get("workflow_id"), []).append(t)
-            for w in sorted(by_id.values(), key=lambda w: w.get("seq") or 0):
-                self._last_seq = max(self._last_seq, _int(w.get("seq")))
-                self._restore(w, grouped.get(w["id"], []))
-            self._writer.flush()  # what recovery rewrote is durable before we go on
+            last_lease = self._take_in(*self.store.load())
             self._start_zygote()
             self._started = True
             self.scheduler.start(last_lease)
+
+    def adopt(self, workflows: list[Record], tasks: list[Record]) -> None:
+        """Take in workflows another daemon left (several daemons on one
+        database, README "Running several orchestrators"): recovered as at a
+        start after a crash (in-flight tasks run again, finished ones never),
+        then scheduled. Ignored once shutting down, and for workflows known."""
+        with self._lock:
+            if not self._accepting or not self._started:
+                return
+            fresh = {w.get("id") for w in workflows} - {f.id for f in self.flows}
+            last_lease = self._take_in([w for w in workflows if w.get("id") in fresh],
+                                       [t for t in tasks if t.get("workflow_id") in fresh])
+            self.scheduler.last_lease = max(self.scheduler.last_lease, last_lease)
+            self.scheduler.wake()
+
+    def _take_in(self, workflows: list[Record], tasks: list[Record]) -> int:
+        """Recover and index records read from the store (lock held); the
+        highest lease token among them (tokens must only grow)."""
+        by_id = {w["id"]: w for w in workflows if model.valid_workflow_id(w.get("id"))}
+        last_lease = 0
+        for t in tasks:  # before recovery clears leases: tokens must only grow
+            self._last_seq = max(self._last_seq, _int(t.get("seq")))
+            last_lease = max(last_lease, _int((t.get("lease") or {}).get("token")),
+                             _int(t.get("last_lease_token")))
+        recover_running_tasks(self.store, by_id, tasks,
+                              kill_grace=self.config.executor.kill_grace_seconds)
+        grouped: dict[str, list[Record]] = {}
+        for t in tasks:
+            grouped.setdefault(t.get("workflow_id"), []).append(t)
+        for w in sorted(by_id.values(), key=lambda w: w.get("seq") or 0):
+            self._last_seq = max(self._last_seq, _int(w.get("seq")))
+            self._restore(w, grouped.get(w["id"], []))
+        self._writer.flush()  # what recovery rewrote is durable before we go on
+        return last_lease
 
     def _start_zygote(self) -> None:
         if self._want_zygote and self.config.executor.python_zygote and zygote_supported():
@@ -180,8 +199,17 @@ class Engine:
 
     def get_workflow(self, workflow_id: str) -> dict[str, Any]:
         with self._lock:
-            flow = self._flow(workflow_id)
-            view, written = self._view(flow), flow.written
+            flow = self.flows.get(workflow_id)
+            if flow is not None:
+                view, written = self._view(flow), flow.written
+        if flow is None:  # another daemon's (storage.postgres_shared): as stored now
+            found = (self.store.read_workflow(workflow_id)
+                     if model.valid_workflow_id(workflow_id) else None)
+            if found is not None:
+                return views.workflow_view(*found)
+            with self._lock:  # NotFound, or adopted meanwhile
+                flow = self._flow(workflow_id)
+                view, written = self._view(flow), flow.written
         self.journal.settle(written)
         return view
 

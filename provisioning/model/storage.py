@@ -167,6 +167,12 @@ class Store(abc.ABC):
     def checkpoint_path(self, workflow_id: str, task_id: str) -> Path:
         """The PROVISIONING_CHECKPOINT file of a task (parent dir exists)."""
 
+    def read_workflow(self, workflow_id: str) -> tuple[Record, list[Record]] | None:
+        """A workflow that another daemon runs (several daemons on one
+        database): its record and its tasks' as stored now, read-only; None
+        when there is none (the default: all of this store's are the engine's)."""
+        return None
+
     def stored_task_log(self, workflow_id: str, task_id: str) -> bytes | None:
         """A finished task's log kept by the backend itself, for when the local
         file is not on this host (the task ran under another daemon, or the

@@ -112,6 +112,12 @@ def open_store(config: Config, data_paths: DataPaths) -> Store:
         # lazy: psycopg and the postgres backend only where that backend is configured
         from provisioning.store.postgres import PostgresStore
 
+        if config.storage.postgres_shared:
+            # lazy: as above (psycopg); several daemons on one database
+            from provisioning.store.postgres_shared import SharedPostgresStore
+
+            return SharedPostgresStore(config.storage.postgres_dsn, data_paths, on_fenced=_fenced,
+                                       lease_s=config.storage.postgres_lease_seconds)
         return PostgresStore(config.storage.postgres_dsn, data_paths, on_fenced=_fenced)
     return JsonFileStore(data_paths, writer_process=config.storage.writer_process)
 
@@ -137,6 +143,7 @@ class Orchestrator:
         self.server = None
         self.serve_thread: threading.Thread | None = None
         self.port = 0
+        self.fenced = False  # lost a workflow lease: stop without a drain grace
 
     # signal handlers: set the flag only; the main thread acts
     def install_signal_handlers(self) -> None:
@@ -172,6 +179,9 @@ class Orchestrator:
         self.engine = Engine(store, config, registry=registry, instance_id=self.instance_id,
                              endpoint=endpoint, python_zygote=True)
         self.engine.start()
+        if hasattr(store, "start_leases"):  # storage.postgres_shared: the lease thread
+            store.start_leases(on_adopt=self.engine.adopt, on_lost=self._lost_leases,
+                               endpoint=endpoint)
         self.server.attach(self.engine, registry)
         self.serve_thread = threading.Thread(target=self.server.serve_forever,
                                              name="http-accept", daemon=True)
@@ -179,6 +189,16 @@ class Orchestrator:
         log.info("orchestrator %s listening on %s (pid %d, data dir %s)", self.instance_id,
                  endpoint, os.getpid(), self.data_paths.data_dir)
         notify.sd_notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening on {endpoint}")
+
+    def _lost_leases(self, workflow_ids: set[str]) -> None:
+        """Another daemon has some of our workflows now (our lease ran out while
+        we were stalled or cut off): their tasks must not keep running here.
+        Stop at once, with no drain grace; the store writes nothing of them."""
+        log.error("lost workflows %s to another orchestrator: stopping this one now",
+                  ", ".join(sorted(workflow_ids)))
+        self.fenced = True
+        self.stop_requested.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # wakes wait()
 
     def wait(self) -> None:
         """Block the main thread until SIGTERM/SIGINT.
@@ -202,7 +222,7 @@ class Orchestrator:
 
     def shutdown(self) -> None:
         """Stop taking work, drain running tasks up to the grace period, persist, exit."""
-        grace = self.config.executor.shutdown_grace_seconds
+        grace = 0 if self.fenced else self.config.executor.shutdown_grace_seconds
         notify.sd_notify("STOPPING=1")
         log.info("stopping: no new work; draining running tasks (grace %ss)", grace)
         if self.server is not None:

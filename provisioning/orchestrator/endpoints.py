@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from provisioning.engine.loader import parse_workflow
+from provisioning.errors import ProvisioningError
 from provisioning.model import FINISHED_WORKFLOW, WORKFLOW_STATUSES, WorkflowStatus
 from provisioning.orchestrator.openapi import openapi_document
 from provisioning.orchestrator.validate import (
@@ -86,7 +87,21 @@ def health(call: Call) -> Response:
         # None: Python ops are spawned plainly (off, starting, restarting, given up)
         "python_zygote_pid": zygote.pid if (zygote := server.engine.zygote) else None,
         "storage_backend": server.engine.config.storage.backend,  # filesystem | postgres
+        **_shared_database(server.engine.store),
     })
+
+
+def _shared_database(store: Any) -> dict[str, Any]:
+    """storage.postgres_shared: this daemon's id and every daemon's last
+    heartbeat (peers null while the database does not answer); else nothing."""
+    peers = getattr(store, "peers", None)
+    if peers is None:
+        return {}
+    try:
+        found = peers()
+    except ProvisioningError:  # the database is away: /health still answers
+        found = None
+    return {"daemon_id": store.daemon_id, "peers": found}
 
 
 def openapi(call: Call) -> Response:

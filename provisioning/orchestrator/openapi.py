@@ -178,7 +178,12 @@ _SCHEMAS: dict[str, Any] = {
                               "description": "the daemon's Python zygote (forks Python ops); "
                                              "null when they are spawned plainly"},
         "storage_backend": {"type": "string", "enum": ["filesystem", "postgres"],
-                            "description": "where the records live (storage.backend)"}}},
+                            "description": "where the records live (storage.backend)"},
+        "daemon_id": {"type": "string",
+                      "description": "storage.postgres_shared only: this daemon's lease owner id"},
+        "peers": {"type": "array", "nullable": True, "items": {"type": "object"},
+                  "description": "storage.postgres_shared only: every daemon of the database "
+                                 "(id, host, pid, endpoint, heartbeat_age_s)"}}},
     "WorkflowDefinition": {"type": "object", "required": ["tasks"], "properties": {
         "workflow": {"type": "object", "properties": {
             "name": {"type": "string"}, "max_parallel": {"type": "integer", "minimum": 1},

@@ -114,17 +114,30 @@ class PostgresStore(Store):
 
         def write(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
+                skip = self._in_batch(cur, new_workflows, workflow_rows,
+                                      {r[1] for r in task_rows} | {r[0] for r in event_rows})
                 if initial_tasks:
                     cur.executemany(INSERT_FIRST_TASK, self._first_rows(cur, initial_tasks))
-                for sql, rows in ((UPSERT_TASK, new_tasks), (UPSERT_WORKFLOW, new_workflows),
-                                  (UPSERT_TASK, task_rows), (UPSERT_WORKFLOW, workflow_rows),
-                                  (UPSERT_LOG, log_rows), (INSERT_EVENT, event_rows)):
+                for sql, rows, at in ((UPSERT_TASK, new_tasks, 1),  # at: the workflow id's column
+                                      (UPSERT_WORKFLOW, new_workflows, 0),
+                                      (UPSERT_TASK, task_rows, 1),
+                                      (UPSERT_WORKFLOW, workflow_rows, 0),
+                                      (UPSERT_LOG, log_rows, 1), (INSERT_EVENT, event_rows, 0)):
+                    if skip:
+                        rows = [r for r in rows if r[at] not in skip]
                     if rows:
                         cur.executemany(sql, rows)
 
         if event_rows:
             self._prefetched = None
         self.run(write)
+
+    def _in_batch(self, cur: Any, new_workflows: list[tuple], workflow_rows: list[tuple],
+                  written: set[str]) -> set[str]:
+        """In a batch's transaction, before its writes: the workflow ids whose
+        rows must not be written. One daemon per database: none (the shared
+        mode fences here, postgres_shared.py)."""
+        return set()
 
     def _first_rows(self, cur: Any, initial: dict[str, list[str]]) -> list[tuple]:
         cur.execute("SELECT rec::text FROM workflows WHERE id = ANY(%s)", (list(initial),))
@@ -176,7 +189,7 @@ class PostgresStore(Store):
         """Every workflow in submission order with its tasks in task_ids order;
         records that cannot be trusted go to the ``quarantine`` table. The
         first load takes the database's one-daemon lock (module docstring)."""
-        self.session.take_daemon_lock()
+        mine = self._take_database()
 
         def read(conn: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
             with conn.transaction(), conn.cursor() as cur:
@@ -192,6 +205,20 @@ class PostgresStore(Store):
                 return wf_rows, task_rows
 
         wf_rows, task_rows = self.run(read)
+        if mine is not None:  # shared mode: only the workflows this daemon claimed
+            wf_rows = [r for r in wf_rows if r[0] in mine]
+            task_rows = [r for r in task_rows if r[0].partition(".")[0] in mine]
+        return self._trusted_records(wf_rows, task_rows)
+
+    def _take_database(self) -> set[str] | None:
+        """At load: the one-daemon lock (None: every workflow is this daemon's)."""
+        self.session.take_daemon_lock()
+        return None
+
+    def _trusted_records(self, wf_rows: list[tuple[str, str]], task_rows: list[tuple[str, str]]
+                         ) -> tuple[list[Record], list[Record]]:
+        """The records of these rows, trusted ones only (the rest set aside),
+        missing first task records rebuilt; in load()'s order."""
         bad: list[tuple[str, str, str, str]] = []
         workflows = [w for w in (_trusted("workflow", k, t, bad) for k, t in wf_rows) if w]
         tasks = {t["key"]: t for t in (_trusted("task", k, txt, bad) for k, txt in task_rows)

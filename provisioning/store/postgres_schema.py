@@ -28,7 +28,7 @@ except ImportError:  # the extra is not installed: said when the backend is used
 
 log = logging.getLogger("provisioning.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CONNECT_TIMEOUT_S = 5
 _MIGRATE_LOCK = 0x70726F76  # pg_advisory_xact_lock key: "prov"
 
@@ -76,6 +76,14 @@ MIGRATIONS: dict[int, list[str]] = {
             started_at timestamptz NOT NULL DEFAULT now(),
             heartbeat_at timestamptz NOT NULL DEFAULT now())""",
         "CREATE SEQUENCE submission_seq",
+    ],
+    1: [  # which daemon owns which unfinished workflow (postgres_leases.py)
+        """CREATE TABLE workflow_leases (
+            workflow_id text PRIMARY KEY,
+            owner text,
+            expires_at timestamptz NOT NULL DEFAULT now(),
+            epoch bigint NOT NULL DEFAULT 0)""",
+        "CREATE INDEX workflow_leases_free ON workflow_leases (expires_at)",
     ],
 }
 
