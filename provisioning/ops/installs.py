@@ -265,6 +265,14 @@ def _health(tdef: Any, server: dict[str, Any], ports: dict[str, int], provider: 
     return last[0]
 
 
+def health_of(infra: Infra, server: dict[str, Any], rec: dict[str, Any], provider: Any, *,
+              deadline: float) -> tuple[bool, str]:
+    """The recorded taskserv's health check, as an install runs it (`command` through
+    the provider, on the host)."""
+    tdef = infra.catalog.get(rec["name"])
+    return _health(tdef, server, rec.get("ports", {}), provider, deadline=deadline)
+
+
 def _remove_context(server: dict[str, Any], name: str, record: dict[str, Any]
                     ) -> dict[str, Any]:
     """What remove/check scripts get: the server and the recorded ports (no infra at hand)."""
