@@ -66,6 +66,7 @@ def parse_facts(text: str) -> dict[str, Any]:
 
 class SshProvider(Provider):
     name = "ssh"
+    reads_hosts = True  # --plan reads what is installed from the host (installs.read_on_host)
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
@@ -214,6 +215,20 @@ class SshProvider(Provider):
             out.append({"hostname": host, "state": state, "reason": reason, "id": None,
                         "address": record.get("address")})
         return out
+
+    def masters_open(self) -> set[str]:
+        """The adopted hosts with a master connection running (--plan closes the others
+        it opened)."""
+        return {h for h in self.list_servers()
+                if self.transport.master_alive(self.connection(self._own(h) or {}))}
+
+    def close_masters_except(self, keep: set[str]) -> None:
+        for h in self.list_servers():
+            if h not in keep:
+                try:
+                    self.transport.close_master(self.connection(self._own(h) or {}))
+                except (TransportError, OSError, subprocess.TimeoutExpired):
+                    pass
 
     def _path(self, record: dict[str, Any], dest: str) -> str:
         root = record.get("root") or "/"
