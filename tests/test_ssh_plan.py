@@ -60,12 +60,17 @@ def test_plan_reads_the_hosts(ssh_hosts, tmp_path, isolated):  # noqa: F811
     infra = write_workspace(tmp_path / "ws", hosts)
     data = Path(isolated["PROVISIONING_STORAGE_DATA_DIR"])
     try:
+        db.pause()  # not adopted yet: the plan asks whether each host answers
         before = plan(infra, "cluster", "create", "rack")
+        db.resume()
         assert {k: t["action"] for k, t in before.items()} == {
-            "create-web-1": "create", "create-lb-1": "create", "create-db-1": "create",
+            "create-web-1": "create", "create-lb-1": "create", "create-db-1": "unreachable",
             "install-web-1-pyhttp": "install", "install-lb-1-nginx": "install",
-            "install-db-1-redis": "install", "check-rack": "check"}
-        assert [h.accepted() for h in hosts] == [0, 0, 0]  # nothing adopted: not asked
+            "install-db-1-redis": "unreachable", "check-rack": "check"}
+        assert "no answer within" in before["create-db-1"]["detail"], before["create-db-1"]
+        assert [h.accepted() for h in (web, lb)] == [1, 1]
+        assert not (data / "ssh" / "known_hosts").exists() or \
+            (data / "ssh" / "known_hosts").read_text().strip() == ""  # a throwaway one
 
         ok("server", "create", "--infra", str(infra))
         ok("taskserv", "create", "nginx", "--infra", str(infra), "--server", "lb-1")

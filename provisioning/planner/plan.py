@@ -51,6 +51,13 @@ def _read_hosts(spec: WorkflowSpec, infra: Any, provider: Any, found: dict[str, 
     if infra is None or not getattr(provider, "reads_hosts", False):
         return {}
     read: dict[tuple[str, str], tuple[bool, str]] = {}
+    for s in infra.servers:  # not adopted yet: does it answer? (a throwaway known_hosts)
+        if s.hostname not in found and any(t.op == "server.create" and t.params.get(
+                "server") == s.hostname for t in spec.tasks):
+            state_, reason = provider.probe(s)
+            if reason:
+                found[s.hostname] = {"hostname": s.hostname, "state": state_,
+                                     "reason": reason, "adopted": False}
     for t in spec.tasks:
         host, ts = t.params.get("server"), t.params.get("taskserv")
         if (t.op not in ("taskserv.create", "taskserv.delete") or (host, ts) in read

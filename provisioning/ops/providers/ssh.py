@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,26 @@ class SshProvider(Provider):
             out.append({"hostname": host, "state": state, "reason": reason, "id": None,
                         "address": record.get("address")})
         return out
+
+    def probe(self, server: Any) -> tuple[str, str | None]:
+        """Read only, for --plan: does a host not adopted yet answer? ('reachable', None)
+        or ('unreachable', reason). Its key is checked against a throwaway known_hosts
+        (learned as adoption would), so nothing of ours or the host's is changed."""
+        given = dict(getattr(server, "connection", {}) or {})
+        conn = self.connection({"hostname": server.hostname, **given})
+        with tempfile.TemporaryDirectory(prefix="provisioning-probe-") as tmp:
+            t = Transport(tmp, connect_timeout=self.transport.connect_timeout)
+            try:
+                t.learn_host_key(conn, self._tofu())
+                t.run(conn, ["true"], timeout=t.connect_timeout + 2)
+            except TransportError as e:
+                if "did not finish" in e.message:
+                    return "unreachable", f"{server.hostname} ({conn['address']}): " \
+                        f"unreachable: no answer within {t.connect_timeout + 2}s"
+                return "unreachable", e.message
+            finally:
+                t.close_all()
+        return "reachable", None
 
     def masters_open(self) -> set[str]:
         """The adopted hosts with a master connection running (--plan closes the others
