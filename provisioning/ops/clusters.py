@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from provisioning.errors import ProvisioningError
-from provisioning.ops import installs, procs, servers
+from provisioning.ops import installs, providers, servers
 from provisioning.ops.infra import Infra
 from provisioning.ops.installs import taskserv_status
 from provisioning.ops.state import StateStore
@@ -24,6 +24,7 @@ def check(infra: Infra, name: str, report: Any, *, state: StateStore | None = No
     state = state or StateStore()
     cluster = infra.cluster(name)
     checks: list[dict[str, Any]] = []
+    provider = None
     for host in cluster.servers:
         server = state.server(infra.name, host)
         if server is None:
@@ -38,12 +39,10 @@ def check(infra: Infra, name: str, report: Any, *, state: StateStore | None = No
                 continue
             status = taskserv_status(rec)
             ok, detail = status == "running", f"status {status}"
-            h = rec.get("health")
-            if ok and h:
-                ok, detail = procs.wait_healthy(h["type"], server["address"],
-                                                rec["ports"][h["port"]], deadline_s=deadline,
-                                                path=h.get("path", "/"), send=h.get("send", ""),
-                                                expect=h.get("expect", ""))
+            if ok and rec.get("health"):
+                provider = provider or providers.for_infra(infra, state)
+                ok, detail = installs.health_of(infra, server, rec, provider,
+                                                deadline=deadline)
             checks.append({"server": host, "taskserv": ts, "ok": ok, "detail": detail})
             report.log(f"check {ts}@{host}: {'ok' if ok else 'FAILED'} ({detail})")
     healthy = all(c["ok"] for c in checks)

@@ -272,6 +272,37 @@ def _health(tdef: Any, server: dict[str, Any], ports: dict[str, int], provider: 
     return last[0]
 
 
+def health_of(infra: Infra, server: dict[str, Any], rec: dict[str, Any], provider: Any, *,
+              deadline: float) -> tuple[bool, str]:
+    """The recorded taskserv's health check, as an install runs it (`command` through
+    the provider, on the host)."""
+    tdef = infra.catalog.get(rec["name"])
+    return _health(tdef, server, rec.get("ports", {}), provider, deadline=deadline)
+
+
+def read_on_host(infra: Infra, server: dict[str, Any], name: str, provider: Any,
+                 state: StateStore) -> tuple[bool, str]:
+    """Read only, from the host: is taskserv `name` there (its folder under
+    <root>/opt/provisioning/taskservs/) and does its `check`, if it has one, pass?"""
+    tdef = infra.catalog.get(name)
+    host = server["hostname"]
+    d = deploy_dir(server.get("root") or "/", name)[1]
+    if provider.run(host, ["test", "-d", d], timeout=30).returncode != 0:
+        return False, f"{name} is not on {host} (no {d})"
+    if tdef.script("check") is None:
+        return True, f"{name} is on {host} ({d}; it has no check)"
+    rec = state.taskserv(infra.name, host, name) or {}
+    ports = rec.get("ports") or effective_ports(
+        tdef, infra.taskserv_settings.get(name, {}), provider.port_offset(server))
+    proc = _run_script(provider, tdef, "check", _remove_context(server, name, {"ports": ports}),
+                       timeout=30)
+    said = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or [""]
+    if proc.returncode != 0:
+        return False, f"{name} is on {host} but its check fails (exit {proc.returncode}: " \
+            f"{_clean(said[0])})"
+    return True, f"{name} is installed on {host} (check: {_clean(said[0])})"
+
+
 def _remove_context(server: dict[str, Any], name: str, record: dict[str, Any]
                     ) -> dict[str, Any]:
     """What remove/check scripts get: the server and the recorded ports (no infra at hand)."""

@@ -8,6 +8,12 @@ read only by the Provider contract) and the state records of taskservs:
   taskserv.create  install | installed      taskserv.delete  delete | absent
   cluster.check    check                    cluster.delete   forget
 
+A provider that `reads_hosts` (ssh) is asked the host itself for each
+taskserv task: its folder under <root>/opt/provisioning/taskservs/ and its
+`check` (installs.read_on_host, read only); an adopted host that does not
+answer makes its tasks `unreachable`, with the reason. Master connections
+the read opened are closed before the plan returns.
+
 Nothing is changed, no daemon is asked, no lock is taken. For a cloud the
 read needs that cloud's credentials in this process (the user's own
 environment: the same chain as the tasks'), and its SDK is imported here,
@@ -21,7 +27,7 @@ from typing import Any
 
 from provisioning.errors import ProvisioningError, UsageError
 from provisioning.model import WorkflowSpec
-from provisioning.ops import providers
+from provisioning.ops import installs, providers
 from provisioning.ops.infra import load_infra
 from provisioning.ops.state import StateStore
 from provisioning.planner.build import build_workflow
@@ -33,16 +39,51 @@ CHANGES = ("create", "delete", "install", "forget")
 def _provider(infra_ref: str | Path, spec: WorkflowSpec, state: StateStore) -> Any:
     try:
         infra = load_infra(infra_ref)
-        return infra.name, providers.for_infra(infra, state)
+        return infra.name, providers.for_infra(infra, state), infra
     except UsageError:  # a delete of an infra whose file is gone: what state remembers
         name = spec.tasks[0].params.get("infra_name") or Path(str(infra_ref)).name
-        return name, providers.from_state(name, state)
+        return name, providers.from_state(name, state), None
+
+
+def _read_hosts(spec: WorkflowSpec, infra: Any, provider: Any, found: dict[str, Any],
+                state: StateStore) -> dict[tuple[str, str], tuple[bool, str]]:
+    """(server, taskserv) -> (installed, detail), read from each reachable host."""
+    if infra is None or not getattr(provider, "reads_hosts", False):
+        return {}
+    read: dict[tuple[str, str], tuple[bool, str]] = {}
+    for s in infra.servers:  # not adopted yet: does it answer? (a throwaway known_hosts)
+        if s.hostname not in found and any(t.op == "server.create" and t.params.get(
+                "server") == s.hostname for t in spec.tasks):
+            state_, reason = provider.probe(s)
+            if reason:
+                found[s.hostname] = {"hostname": s.hostname, "state": state_,
+                                     "reason": reason, "adopted": False}
+    for t in spec.tasks:
+        host, ts = t.params.get("server"), t.params.get("taskserv")
+        if (t.op not in ("taskserv.create", "taskserv.delete") or (host, ts) in read
+                or found.get(host, {}).get("state") != "running"):
+            continue
+        server = state.server(infra.name, host) or provider.find_server(host)
+        try:
+            read[(host, ts)] = installs.read_on_host(infra, server, ts, provider, state)
+        except ProvisioningError as e:
+            found[host] = {**found[host], "state": "unreachable", "reason": e.message}
+    return read
 
 
 def _action(task: Any, infra: str, found: dict[str, dict[str, Any]],
-            state: StateStore) -> tuple[str, str]:
+            state: StateStore, read: dict[tuple[str, str], tuple[bool, str]]
+            ) -> tuple[str, str]:
     host, ts = task.params.get("server"), task.params.get("taskserv")
+    if found.get(host, {}).get("state") == "unreachable" and task.op != "server.delete":
+        what = f"{ts} on {host}" if ts else host
+        return "unreachable", f"cannot read {what}: {found[host].get('reason')}"
     here = host in found and found[host].get("state") not in GONE
+    if (host, ts) in read:
+        installed, detail = read[(host, ts)]
+        if task.op == "taskserv.create":
+            return ("installed" if installed else "install"), detail
+        return ("delete" if installed else "absent"), detail
     where = f" ({found[host].get('id') or found[host].get('state')})" if here else ""
     if task.op == "server.create":
         return ("exists", f"{host} exists{where}") if here else ("create", f"create {host}")
@@ -71,19 +112,25 @@ def plan_workflow(kind: str, infra_ref: str | Path, params: dict[str, Any] | Non
     """The plan of one business command, as data (the CLI prints it or emits JSON)."""
     state = state or StateStore()
     spec = build_workflow(kind, infra_ref, params, state=state)
-    name, provider = _provider(infra_ref, spec, state)
+    name, provider, infra = _provider(infra_ref, spec, state)
     found: dict[str, dict[str, Any]] = {}
-    if provider is not None:
-        try:
-            for f in provider.list_found():
-                if f["hostname"] not in found or f.get("state") not in GONE:
-                    found[f["hostname"]] = f
-        except ProvisioningError as e:
-            raise ProvisioningError(f"plan: cannot read provider {provider.name} of infra "
-                                    f"{name}: {e.message}", hint=e.hint) from None
+    kept = provider.masters_open() if hasattr(provider, "masters_open") else None
+    try:
+        if provider is not None:
+            try:
+                for f in provider.list_found():
+                    if f["hostname"] not in found or f.get("state") not in GONE:
+                        found[f["hostname"]] = f
+            except ProvisioningError as e:
+                raise ProvisioningError(f"plan: cannot read provider {provider.name} of "
+                                        f"infra {name}: {e.message}", hint=e.hint) from None
+        read = _read_hosts(spec, infra, provider, found, state)
+    finally:
+        if kept is not None:  # the master connections this read opened
+            provider.close_masters_except(kept)
     tasks = []
     for t in spec.tasks:
-        action, detail = _action(t, name, found, state)
+        action, detail = _action(t, name, found, state, read)
         tasks.append({"id": t.id, "op": t.op, "action": action, "detail": detail,
                       "server": t.params.get("server"), "taskserv": t.params.get("taskserv"),
                       "depends_on": list(t.depends_on)})

@@ -267,6 +267,17 @@ class Transport:
                                  f"failed: {why[-1] if why else f'exit {proc.returncode}'}")
 
     # -- masters -----------------------------------------------------------------
+    def master_alive(self, conn: dict[str, Any]) -> bool:
+        return _socket_alive(self.control_path(conn))
+
+    def close_master(self, conn: dict[str, Any]) -> None:
+        """Close this host's master connection, if one runs (`ssh -O exit`)."""
+        path = self.control_path(conn)
+        if _socket_alive(path):
+            subprocess.run(["ssh", "-F", "/dev/null", "-o", f"ControlPath={path}", "-O",
+                            "exit", "--", "closing"], capture_output=True, timeout=10,
+                           env=_clean_env(), stdin=subprocess.DEVNULL, check=False)
+
     def close_all(self) -> int:
         """Close every master connection of this data dir (`ssh -O exit`). How many."""
         return close_masters(self.data_dir)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import posixpath
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def parse_facts(text: str) -> dict[str, Any]:
 
 class SshProvider(Provider):
     name = "ssh"
+    reads_hosts = True  # --plan reads what is installed from the host (installs.read_on_host)
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
@@ -207,6 +209,40 @@ class SshProvider(Provider):
             out.append({"hostname": host, "state": state, "reason": reason, "id": None,
                         "address": record.get("address")})
         return out
+
+    def probe(self, server: Any) -> tuple[str, str | None]:
+        """Read only, for --plan: does a host not adopted yet answer? ('reachable', None)
+        or ('unreachable', reason). Its key is checked against a throwaway known_hosts
+        (learned as adoption would), so nothing of ours or the host's is changed."""
+        given = dict(getattr(server, "connection", {}) or {})
+        conn = self.connection({"hostname": server.hostname, **given})
+        with tempfile.TemporaryDirectory(prefix="provisioning-probe-") as tmp:
+            t = Transport(tmp, connect_timeout=self.transport.connect_timeout)
+            try:
+                t.learn_host_key(conn, self._tofu())
+                t.run(conn, ["true"], timeout=t.connect_timeout + 2)
+            except TransportError as e:
+                if "did not finish" in e.message:
+                    return "unreachable", f"{server.hostname} ({conn['address']}): " \
+                        f"unreachable: no answer within {t.connect_timeout + 2}s"
+                return "unreachable", e.message
+            finally:
+                t.close_all()
+        return "reachable", None
+
+    def masters_open(self) -> set[str]:
+        """The adopted hosts with a master connection running (--plan closes the others
+        it opened)."""
+        return {h for h in self.list_servers()
+                if self.transport.master_alive(self.connection(self._own(h) or {}))}
+
+    def close_masters_except(self, keep: set[str]) -> None:
+        for h in self.list_servers():
+            if h not in keep:
+                try:
+                    self.transport.close_master(self.connection(self._own(h) or {}))
+                except (TransportError, OSError, subprocess.TimeoutExpired):
+                    pass
 
     def _path(self, record: dict[str, Any], dest: str) -> str:
         root = record.get("root") or "/"
