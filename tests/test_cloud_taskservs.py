@@ -6,12 +6,14 @@ behind it are real: the fake hands out as each new server's public IPv4 the addr
 of a namespaced sshd test host (tests/hosts.py). The real CLI submits to a real
 daemon, whose task processes call the fake over HTTP and reach the hosts over SSH.
 
-Only upcloud: moto gives an instance a public IP of its own choosing and has no
-way to set it, so an aws instance's address cannot point at a test host.
+The same for aws: moto picks an instance's public IP itself and has no call to set
+it, so the proxy in front of moto (tests/aws_fixture.py, `Proxy.public_ips`) shows
+each public IP moto hands out as the address of a test host.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -106,10 +108,7 @@ def test_cluster_on_two_upcloud_servers_backed_by_real_hosts(ssh_hosts, tmp_path
             assert server["state"] == "started"
             public = [a["address"] for a in server["ip_addresses"]["ip_address"]
                       if a["access"] == "public"]
-            host = by_address[public[0]]  # the mock's address is a real test host
-            page = urllib.request.urlopen(f"http://{host.address}:{HTTP_PORT}/", timeout=5)
-            assert page.read().decode().strip() == f"hello from {name} at {host.address}"
-            assert (host.root / "opt/provisioning/taskservs/hello/install").is_file()
+            _serving(name, by_address[public[0]])  # the mock's address: a real test host
         assert [h.accepted() for h in hosts] == [1, 1]  # one SSH connection per host
         close_masters(d.data_dir)  # the next workflow opens its own
 
@@ -118,19 +117,88 @@ def test_cluster_on_two_upcloud_servers_backed_by_real_hosts(ssh_hosts, tmp_path
         assert r.returncode == 0, r.stdout + r.stderr
         assert fake.by_hostname() == {} and len(fake.deleted) == 2
         assert [h.accepted() for h in hosts] == [2, 2]  # again one per host
-        for h in hosts:
-            assert not (h.root / "srv" / "hello").exists()
-            assert not (h.root / "opt" / "provisioning" / "taskservs" / "hello").exists()
-            with pytest.raises(OSError):
-                urllib.request.urlopen(f"http://{h.address}:{HTTP_PORT}/", timeout=2)
-        known = (d.data_dir / "ssh" / "known_hosts").read_text()
-        assert not any(h.address in known for h in hosts)  # forgotten with the servers
+        _gone(hosts, d.data_dir)
     finally:
         d.stop()
         fake.stop()
     leaks = [str(p) for p in tmp_path.rglob("*") if p.is_file()
              and password.encode() in p.read_bytes()]
     assert leaks == []
+
+
+@pytest.fixture(scope="module")
+def moto():
+    pytest.importorskip("moto", reason="needs moto[server] (the test-aws extra)")
+    from tests.aws_fixture import Moto
+
+    m = Moto()
+    yield m
+    m.stop()
+
+
+def _serving(name: str, host) -> None:
+    """The taskserv answers at the host's address, and its files are under its root."""
+    page = urllib.request.urlopen(f"http://{host.address}:{HTTP_PORT}/", timeout=5)
+    assert page.read().decode().strip() == f"hello from {name} at {host.address}"
+    assert (host.root / "opt/provisioning/taskservs/hello/install").is_file()
+
+
+def _gone(hosts, data_dir: Path) -> None:
+    """Nothing of the taskserv left on the hosts; their keys forgotten with the servers."""
+    for h in hosts:
+        assert not (h.root / "srv" / "hello").exists()
+        assert not (h.root / "opt" / "provisioning" / "taskservs" / "hello").exists()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{h.address}:{HTTP_PORT}/", timeout=2)
+    known = (data_dir / "ssh" / "known_hosts").read_text()
+    assert not any(h.address in known for h in hosts)
+
+
+def test_cluster_on_two_aws_instances_backed_by_real_hosts(ssh_hosts, tmp_path, moto,  # noqa: F811
+                                                           monkeypatch, isolated):
+    from tests.aws_fixture import Proxy, aws_env, instances, write_infra
+
+    moto.reset()
+    for k, v in aws_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    hosts = ssh_hosts(2)
+    proxy = Proxy(moto.url)
+    proxy.public_ips = [h.address for h in hosts]
+    ws = tmp_path / "ws"
+    _write_taskserv(ws)
+    servers = "".join(f'\n[[servers]]\nhostname = "cloud-{i + 1}"\nplan = "t3.small"\n'
+                      f'root = "{h.root}"\ntaskservs = ["hello"]\n'
+                      for i, h in enumerate(hosts))
+    infra = write_infra(ws, "cloudy", proxy.url, hosts=(), extra=(
+        f'identity_file = "{hosts[0].identity_file}"\ntrust_on_first_use = true\n'
+        + servers + '\n[clusters.web]\nservers = ["cloud-1", "cloud-2"]\n'))
+    text = (infra / "settings.toml").read_text().replace('ssh_user = "ubuntu"',
+                                                         'ssh_user = "root"')
+    (infra / "settings.toml").write_text(text)
+    d = start_daemon(tmp_path)
+    common = ("--config", str(d.config_file), "--endpoint", d.url, "--orchestrated")
+    try:
+        r = run_cli(*common, "cluster", "create", "web", "--infra", str(infra), "--wait",
+                    timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert sorted(instances(moto.ec2(), "cloudy")) == ["cloud-1", "cloud-2"]
+        by_address = {h.address: h for h in hosts}
+        for name in ("cloud-1", "cloud-2"):
+            rec = json.loads((d.data_dir / f"state/infras/cloudy/servers/{name}.json")
+                             .read_text())
+            _serving(name, by_address[rec["address"]])
+        assert [h.accepted() for h in hosts] == [1, 1]  # one SSH connection per host
+        close_masters(d.data_dir)
+
+        r = run_cli(*common, "cluster", "delete", "web", "--infra", str(infra), "--wait",
+                    timeout=240)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert instances(moto.ec2(), "cloudy") == {}
+        assert [h.accepted() for h in hosts] == [2, 2]
+        _gone(hosts, d.data_dir)
+    finally:
+        d.stop()
+        proxy.stop()
 
 
 def test_version_imports_no_cloud_sdk_and_no_jinja2():
