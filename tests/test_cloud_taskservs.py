@@ -210,3 +210,60 @@ def test_version_imports_no_cloud_sdk_and_no_jinja2():
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     assert re.search(r"^IMPORTED \[\]$", r.stdout, re.M), r.stdout
+
+
+def test_on_a_cloud_server_keys_root_and_env(ssh_hosts, tmp_path):  # noqa: F811
+    """OnHost directly: no key known and no trust -> the host is named; a server's
+    host_key is used; commands run in the root with the host's env; no path leaves it."""
+    from provisioning.errors import ProvisioningError, TransportError
+    from provisioning.ops.providers.upcloud import UpCloudProvider
+    from provisioning.ops.state import StateStore
+
+    (host,) = ssh_hosts(1)
+    host.root.mkdir(parents=True, exist_ok=True)
+    state = StateStore(tmp_path / "data")
+    settings = {"template": "x", "identity_file": str(host.identity_file)}
+    record = {"hostname": "c1", "address": host.address, "port": 22, "ssh_user": "root",
+              "root": str(host.root)}
+    state.save_server("i", record)
+    p = UpCloudProvider(infra="i", settings=settings, state=state)
+    try:
+        with pytest.raises(TransportError, match=f"c1 .*no host key known for {host.address}"):
+            p.run("c1", ["true"])
+        state.save_server("i", {**record, "host_key": host.host_key})
+        p = UpCloudProvider(infra="i", settings=settings, state=state)
+        proc = p.run("c1", ["sh", "-c", 'pwd; echo "$PROVISIONING_HOST_NAME $X"'],
+                     env={"X": "y"})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split("\n")[:2] == [str(host.root), "c1 y"]
+        src = tmp_path / "f.txt"
+        src.write_text("hi")
+        p.copy_file("c1", src, "etc/f.txt", mode=0o640)
+        assert (host.root / "etc/f.txt").read_text() == "hi"
+        assert (host.root / "etc/f.txt").stat().st_mode & 0o777 == 0o640
+        with pytest.raises(ProvisioningError, match="leaves the root"):
+            p.copy_file("c1", src, "../../outside.txt")
+        p.remove_path("c1", "etc")
+        assert not (host.root / "etc").exists()
+        with pytest.raises(ProvisioningError, match="not recorded"):
+            p.run("c9", ["true"])
+    finally:
+        close_masters(state.data_dir)
+
+
+def test_cloud_servers_refuse_connection_keys_the_cloud_decides(tmp_path):
+    from provisioning.errors import ValidationError
+    from provisioning.ops.infra import load_infra
+
+    d = tmp_path / "ws" / "infra" / "bad"
+    d.mkdir(parents=True)
+    (d / "settings.toml").write_text(
+        '[infra]\nname = "bad"\nprovider = "upcloud"\n[provider]\nzone = "fi-hel1"\n'
+        'template = "Ubuntu Server 24.04 LTS (Noble Numbat)"\n'
+        '[[servers]]\nhostname = "a"\naddress = "192.0.2.1"\n')
+    with pytest.raises(ValidationError, match=r"servers\[0\] \(a\): address: the cloud"):
+        load_infra(d)
+    (d / "settings.toml").write_text((d / "settings.toml").read_text().replace(
+        'address = "192.0.2.1"', 'root = "relative"'))
+    with pytest.raises(ValidationError, match="root must be an absolute path"):
+        load_infra(d)
