@@ -201,14 +201,16 @@ def test_cluster_on_two_aws_instances_backed_by_real_hosts(ssh_hosts, tmp_path, 
         proxy.stop()
 
 
-def test_version_imports_no_cloud_sdk_and_no_jinja2():
+@pytest.mark.parametrize("argv", [["version"], ["-v", "version"]])  # fast path; click's
+def test_version_imports_no_cloud_sdk_and_no_jinja2(argv):
     code = ("import sys; from provisioning.cli import main\n"
-            "try:\n    main(['version'])\nexcept SystemExit:\n    pass\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
             "bad = [m for m in ('boto3', 'botocore', 'jinja2') if m in sys.modules]\n"
             "print('IMPORTED', bad)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
+    assert re.search(r"^core +\d", r.stdout, re.M), r.stdout  # it printed the versions
     assert re.search(r"^IMPORTED \[\]$", r.stdout, re.M), r.stdout
 
 
