@@ -7,12 +7,20 @@ moto rejects is what these tests can show being rejected). `Proxy` sits in
 front of it for two cases moto cannot produce: a RunInstances whose answer
 is lost (forwarded to moto, then held until the connection is dropped) and
 throttling (a 503 RequestLimitExceeded, as EC2 answers it, N times).
+
+`Proxy.public_ips` (a test-only knob, because moto picks an instance's public IP
+itself and has no call to set it): a queue of addresses; each public IP moto
+hands out is, from its first sight in an answer on, shown as the next one of
+them in every answer. The mock's address then points at a REAL machine, a
+namespaced sshd test host (tests/hosts.py), so the taskservs that go on the
+instance over SSH are real; only the EC2 API in front of it is faked.
 """
 
 from __future__ import annotations
 
 import http.server
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -24,6 +32,7 @@ from tests.conftest import free_port, wait_for
 
 BIN = Path(sys.executable).parent
 SECRET = "planted-SECRET-wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+PUBLIC_IP = re.compile(rb"<(ipAddress|publicIp)>([0-9.]+)</(ipAddress|publicIp)>")
 THROTTLED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
              b'<Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message>'
              b'</Error></Errors><RequestID>test</RequestID></Response>')
@@ -75,6 +84,9 @@ class Proxy:
         self.held = 0
         self.throttle = 0  # answer this many RunInstances with 503 RequestLimitExceeded
         self.throttled = 0
+        self.public_ips: list[str] = []  # moto's public IPs shown as these (test hosts)
+        self.ip_map: dict[str, str] = {}
+        self.lock = threading.Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -102,7 +114,7 @@ class Proxy:
                     proxy.released.wait(60)
                     self.close_connection = True
                     return
-                self._answer(status, data)
+                self._answer(status, proxy.rewrite(data))
 
             def _answer(self, status: int, data: bytes) -> None:
                 self.send_response(status)
@@ -116,6 +128,18 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
+
+    def rewrite(self, data: bytes) -> bytes:
+        """Show moto's public IPs as the queued test hosts' addresses (public_ips)."""
+        def sub(m: re.Match) -> bytes:
+            ip = m.group(2).decode()
+            with self.lock:
+                if ip not in self.ip_map and self.public_ips:
+                    self.ip_map[ip] = self.public_ips.pop(0)
+                shown = self.ip_map.get(ip, ip)
+            return b"<%s>%s</%s>" % (m.group(1), shown.encode(), m.group(1))
+
+        return PUBLIC_IP.sub(sub, data) if self.public_ips or self.ip_map else data
 
     def stop(self) -> None:
         self.released.set()

@@ -26,6 +26,13 @@ Modelled on the API's documented and recorded answers (developers.upcloud.com
 - unknown zone -> 404 ZONE_NOT_FOUND; unknown plan -> 400 PLAN_INVALID (the
   recorded error lists name no plan code: this one is our assumption);
   unknown storage -> 404 STORAGE_NOT_FOUND.
+
+Test-only knob `public_addresses`: a queue of IPv4 addresses handed out, in
+order, as the public address of the next servers created (else 203.0.113.x,
+an address nothing answers at). The mock's server is then backed by a REAL
+machine: tests put there the address of a namespaced sshd test host
+(tests/hosts.py), so what goes on the server afterwards (taskservs over
+SSH) is real; only the cloud API in front of it is faked.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ class FakeUpCloud:
         self.throttle = 0  # answer this many next requests with 429
         self.illegal_deletes = 0  # answer this many deletes after a stop with 409
         self.redirect = ""  # answer every request with a 302 to this URL
+        self.public_addresses: list[str] = []  # next servers' public IPv4 (a real test host)
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
 
@@ -149,6 +157,8 @@ class FakeUpCloud:
             return _error(404, "STORAGE_NOT_FOUND", "The storage does not exist.")
         uuid = "00" + str(uuidlib.uuid4())[2:]
         n = len(self.servers) + len(self.deleted) + 1
+        public = self.public_addresses.pop(0) if self.public_addresses \
+            else f"203.0.113.{n % 250 + 1}"
         server = {
             "uuid": uuid, "hostname": s.get("hostname"), "title": s.get("title"),
             "zone": s["zone"], "plan": s["plan"], "state": "maintenance",
@@ -156,7 +166,7 @@ class FakeUpCloud:
             "ip_addresses": {"ip_address": [
                 {"access": "utility", "address": f"10.3.{n // 250}.{n % 250 + 1}",
                  "family": "IPv4"},
-                {"access": "public", "address": f"203.0.113.{n % 250 + 1}", "family": "IPv4"}]},
+                {"access": "public", "address": public, "family": "IPv4"}]},
             "storage_devices": {"storage_device": [
                 {"storage": str(uuidlib.uuid4()), "storage_size": devices[0].get("size", 25),
                  "storage_title": devices[0].get("title"), "type": "disk"}]},

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 from provisioning.ops.providers import aws_net
 from provisioning.ops.providers.aws_api import Ec2, tags_of
 from provisioning.ops.providers.base import Provider, settings_problems
+from provisioning.ops.providers.onhost import OnHost, check_server
 from provisioning.ops.state import hold_lock
 from provisioning.polling import wait_until
 
@@ -57,7 +57,8 @@ def _credential_key(key: str) -> str | None:
     return None
 
 
-class AwsProvider(Provider):
+class AwsProvider(OnHost, Provider):
+    validate_server = staticmethod(check_server)  # a server's root / host_key
     name = "aws"
 
     @classmethod
@@ -270,7 +271,8 @@ class AwsProvider(Provider):
             "ssh_user": self.settings.get("ssh_user", "ubuntu"), "port": 22,
             "region": self.settings.get("region"), "image": inst.get("ImageId"),
             "zone": inst.get("Placement", {}).get("AvailabilityZone"),
-            "plan": inst.get("InstanceType"), "root": "/", "labels": dict(server.labels),
+            "plan": inst.get("InstanceType"), "root": server.connection.get("root", "/"),
+            "host_key": server.connection.get("host_key"), "labels": dict(server.labels),
             "taskservs": list(server.taskservs), "state": inst["State"]["Name"],
             "created_at": time.time()}
 
@@ -285,6 +287,7 @@ class AwsProvider(Provider):
             self.ec2.call("terminate_instances", InstanceIds=ids)
             for iid in ids:
                 self._wait_state(iid, "terminated", hostname)
+            self.forget_host_key(hostname)  # its address goes to another machine
         self._save_host_state(hostname, {"generation": int(
             self._host_state(hostname).get("generation", 1)) + 1})
         with self._net_lock():
@@ -310,16 +313,7 @@ class AwsProvider(Provider):
     def _net_lock(self):
         return hold_lock(self.state.state_dir / "locks" / f"aws-{self.infra}.lock")
 
-    # -- on the server: through the transport (section 11) ------------------------
-    def _transport(self):
-        try:
-            # lazy: the SSH transport (branch ssh-transport); only tasks that reach a server
-            from provisioning.transport import Transport
-        except ImportError:
-            raise ProvisioningError("taskservs on aws servers need provisioning.transport "
-                                    "(SSH), which this build does not have") from None
-        return Transport(self.state.data_dir)
-
+    # -- on the server: OnHost (onhost.py), through the transport (section 11) ----
     def connection(self, record: dict[str, Any]) -> dict[str, Any]:
         """What the transport needs: the public address (else the private one), the
         image's ssh user, the key file of [provider] identity_file; a new instance's
@@ -329,18 +323,3 @@ class AwsProvider(Provider):
                 "identity_file": self.settings.get("identity_file"),
                 "host_key": record.get("host_key"),
                 "trust_on_first_use": bool(self.settings.get("trust_on_first_use", False))}
-
-    def _conn(self, hostname: str) -> dict[str, Any]:
-        record = self.state.server(self.infra, hostname)
-        if record is None:
-            raise ProvisioningError(f"server '{hostname}' is not recorded in infra {self.infra}")
-        return self.connection(record)
-
-    def run(self, hostname: str, argv: list[str], *, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        return self._transport().run(self._conn(hostname), argv, input=input, env=env,
-                                     timeout=timeout)
-
-    def copy_file(self, hostname: str, src: Path, dest: str, *, mode: int = 0o600) -> None:
-        self._transport().copy(self._conn(hostname), src, dest, mode=mode)

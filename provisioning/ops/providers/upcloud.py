@@ -28,14 +28,13 @@ loading an infra (the CLI) validates settings without it.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from provisioning.errors import ProvisioningError, ValidationError
 from provisioning.ops.providers.base import Provider, settings_problems
+from provisioning.ops.providers.onhost import OnHost, check_server
 from provisioning.polling import wait_until
 
 LABEL_INFRA = "provisioning:infra"
@@ -69,8 +68,11 @@ def _credential_key(key: str) -> str | None:
     return None
 
 
-class UpCloudProvider(Provider):
+class UpCloudProvider(OnHost, Provider):
+    """Run/copy on a server: OnHost (onhost.py), over the SSH transport."""
+
     name = "upcloud"
+    validate_server = staticmethod(check_server)  # a server's root / host_key
 
     @classmethod
     def validate_settings(cls, settings: dict[str, Any]) -> list[str]:
@@ -216,7 +218,9 @@ class UpCloudProvider(Provider):
             "hostname": server.hostname, "infra": self.infra, "provider": self.name,
             "id": cloud["uuid"], "uuid": cloud["uuid"],
             "address": upcloud_api.public_ipv4(cloud), "addresses": addresses,
-            "ssh_user": self.settings.get("ssh_user", "root"), "port": 22, "root": "/",
+            "ssh_user": self.settings.get("ssh_user", "root"), "port": 22,
+            "root": server.connection.get("root", "/"),
+            "host_key": server.connection.get("host_key"),
             "plan": cloud.get("plan", self._plan(server)), "zone": cloud.get("zone"),
             "state": cloud.get("state"), "labels": dict(server.labels),
             "taskservs": list(server.taskservs), "created_at": time.time(),
@@ -245,6 +249,7 @@ class UpCloudProvider(Provider):
                       first_delay=0.05, max_delay=3.0) is None:
             raise ProvisioningError(f"UpCloud server {uuid} ({hostname}) still exists "
                                     f"{timeout:.0f}s after its delete")
+        self.forget_host_key(hostname)  # the cloud hands the address to another machine
         return True
 
     def _retry_illegal(self, call: Any, timeout: float, what: str) -> None:
@@ -304,36 +309,6 @@ class UpCloudProvider(Provider):
                 "user": record.get("ssh_user") or self.settings.get("ssh_user", "root"),
                 "identity_file": self.settings.get("identity_file"),
                 "host_key": record.get("host_key")}
-
-    # -- on the server: through the SSH transport (DESIGN.md 11) ----------------------
-    def _transport(self, hostname: str) -> tuple[Any, dict[str, Any]]:
-        """The transport and this server's connection facts; its host key checked
-        (learned first when the infra trusts on first use) once per provider."""
-        if getattr(self, "_ssh", None) is None:
-            try:
-                from provisioning.transport import Transport  # lazy: only for taskservs
-            except ImportError as e:
-                raise ProvisioningError("the SSH transport (provisioning.transport) is not "
-                                        "available in this build") from e
-            self._ssh, self._keys_checked = Transport(self.state.data_dir), set()
-        record = self.state.server(self.infra, hostname)
-        if record is None:
-            raise ProvisioningError(f"server '{hostname}' is not recorded in infra {self.infra}")
-        conn = self.connection(record)
-        if hostname not in self._keys_checked:
-            self._ssh.learn_host_key(conn, bool(self.settings.get("trust_on_first_use", False)))
-            self._keys_checked.add(hostname)
-        return self._ssh, conn
-
-    def run(self, hostname: str, argv: list[str], *, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        ssh, conn = self._transport(hostname)
-        return ssh.run(conn, argv, input=input, env=env, timeout=timeout)
-
-    def copy_file(self, hostname: str, src: Path, dest: str, *, mode: int = 0o600) -> None:
-        ssh, conn = self._transport(hostname)
-        ssh.copy(conn, src, dest, mode=mode)
 
 
 def _progress(percent: int, message: str) -> None:
