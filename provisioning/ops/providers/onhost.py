@@ -26,6 +26,16 @@ from provisioning.errors import ProvisioningError, TransportError
 IN_ROOT = 'cd "$1" || exit 125; shift; exec "$@"'
 
 
+def path_in_root(record: dict[str, Any], dest: str) -> str:
+    """`dest` under the server's root (relative or absolute), never outside it."""
+    root = record.get("root") or "/"
+    path = posixpath.normpath(posixpath.join(root, dest.lstrip("/")))
+    if path != root.rstrip("/") and not path.startswith(root.rstrip("/") + "/"):
+        raise ProvisioningError(f"path '{dest}' leaves the root of server "
+                                f"'{record.get('hostname')}'")
+    return path
+
+
 def check_server(conn: dict[str, Any]) -> list[str]:
     """Problems with the keys of a cloud server's [[servers]] table that reach it."""
     problems = []
@@ -92,15 +102,6 @@ class OnHost:
             KnownHosts(Path(self.state.data_dir) / "ssh").replace(
                 host_pattern(str(record["address"]), int(record.get("port") or 22)), [])
 
-    @staticmethod
-    def _in_root(record: dict[str, Any], dest: str) -> str:
-        root = record.get("root") or "/"
-        path = posixpath.normpath(posixpath.join(root, dest.lstrip("/")))
-        if path != root.rstrip("/") and not path.startswith(root.rstrip("/") + "/"):
-            raise ProvisioningError(f"path '{dest}' leaves the root of server "
-                                    f"'{record.get('hostname')}'")
-        return path
-
     def run(self, hostname: str, argv: list[str], *, input: str | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None
             ) -> subprocess.CompletedProcess[str]:
@@ -114,11 +115,11 @@ class OnHost:
 
     def copy_file(self, hostname: str, src: Path, dest: str, *, mode: int = 0o600) -> None:
         ssh, conn, record = self._on_host(hostname)
-        ssh.copy(conn, src, self._in_root(record, dest), mode=mode)
+        ssh.copy(conn, src, path_in_root(record, dest), mode=mode)
 
     def remove_path(self, hostname: str, dest: str) -> None:
         _, _, record = self._on_host(hostname)
-        path = self._in_root(record, dest)
+        path = path_in_root(record, dest)
         proc = self.run(hostname, ["rm", "-rf", "--", path])
         if proc.returncode != 0:
             raise TransportError(f"{hostname}: removing {path} failed: "

@@ -23,6 +23,7 @@ from typing import Any
 from provisioning.errors import ProvisioningError, TransportError
 from provisioning.fsutil import atomic_write_json, ensure_private_dir, read_json
 from provisioning.ops.providers.base import Provider, settings_problems
+from provisioning.ops.providers.onhost import IN_ROOT, path_in_root
 from provisioning.transport import Transport
 from provisioning.transport.hostkeys import normalize_key
 
@@ -46,7 +47,6 @@ if [ -n "$p" ]; then
 fi
 """
 
-IN_ROOT = 'cd "$1" || exit 125; shift; exec "$@"'
 
 
 def parse_facts(text: str) -> dict[str, Any]:
@@ -245,12 +245,7 @@ class SshProvider(Provider):
                     pass
 
     def _path(self, record: dict[str, Any], dest: str) -> str:
-        root = record.get("root") or "/"
-        path = posixpath.normpath(posixpath.join(root, dest.lstrip("/")))
-        if path != root.rstrip("/") and not path.startswith(root.rstrip("/") + "/"):
-            raise ProvisioningError(f"path '{dest}' leaves the root of server "
-                                    f"'{record['hostname']}'")
-        return path
+        return path_in_root(record, dest)
 
     def run(self, hostname: str, argv: list[str], *, input: str | None = None,
             env: dict[str, str] | None = None, timeout: float | None = None
