@@ -18,6 +18,7 @@ import pytest
 
 from provisioning.engine import zygote as zygote_mod
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
+from provisioning.engine.proctree import kill_tree
 from tests.conftest import wait_for
 
 LAUNCH: dict[str, object] = {"zygote": None}
@@ -197,6 +198,40 @@ time.sleep(120)
     assert out.timed_out
     orphan = int(pidfile.read_text())
     wait_for(lambda: _gone(orphan), timeout=15, what="orphan to be killed")
+
+
+def test_a_runs_kill_spares_another_run_of_the_same_task_which_recovery_kills(
+        tmp_path: Path, launch: str):
+    """Two runs of one task key at once (a daemon whose lease ran out, and the one that
+    took its workflow over, on one host): a run's timeout kills its own orphan, never
+    the other run's; recovery's kill_tree takes every run of the key."""
+    code = """
+import json, subprocess, sys, time
+pidfile = json.load(sys.stdin)["pidfile"]
+g = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+open(pidfile, "w").write(str(g.pid))
+time.sleep(120)
+"""
+    first, _ = _run(tmp_path, code, timeout_s=3, grace=1, name="same",
+                    params={"pidfile": str(tmp_path / "first.pid")})
+    second, _ = _run(tmp_path, code, timeout_s=60, grace=1, name="same",
+                     params={"pidfile": str(tmp_path / "second.pid")})
+    assert first.spec.key == second.spec.key and first.spec.run_marker != second.spec.run_marker
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("out", second.run()))
+    t.start()
+    wait_for((tmp_path / "second.pid").exists, timeout=30, what="the second run's orphan")
+    assert first.run().timed_out
+    wait_for(lambda: _gone(int((tmp_path / "first.pid").read_text())), timeout=15,
+             what="the first run's orphan to be killed")
+    others = [int((tmp_path / "second.pid").read_text()), second.pid]
+    assert not any(_gone(pid) for pid in others)  # the other run: untouched
+    kill_tree(None, None, second.spec.key, 1)  # recovery: every run of the key
+    t.join(30)
+    assert not t.is_alive() and not result["out"].succeeded
+    wait_for(lambda: all(_gone(pid) for pid in others), timeout=15,
+             what="the second run's processes to be killed by recovery")
 
 
 def test_stop_from_another_thread_kills_the_tree(tmp_path: Path):

@@ -36,7 +36,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from provisioning.engine.children import Child, PopenChild
-from provisioning.engine.proctree import kill_tree, marked_processes, signal_quietly, tree_processes
+from provisioning.engine.proctree import (
+    MARKER_ENV,
+    kill_tree,
+    marked_processes,
+    run_marker,
+    signal_quietly,
+    tree_processes,
+)
 from provisioning.engine.protocol import LineParser
 from provisioning.engine.tasklog import TaskLog
 from provisioning.engine.taskrun import KEPT_ENV, TaskOutcome, TaskRun, clean_env
@@ -61,6 +68,9 @@ class TaskProcess:
 
     def __init__(self, run: TaskRun, *, on_progress: Callable[[int, str | None], None],
                  zygote: Zygote | None = None):
+        # This run's marker (proctree.py): its own kill never reaches another run's processes.
+        run.run_marker = run.run_marker or run_marker(run.key)
+        run.env = {**run.env, MARKER_ENV: run.run_marker}
         self.spec = run
         self.on_progress = on_progress
         self.zygote = zygote  # forks Python ops, when there is one
@@ -133,7 +143,8 @@ class TaskProcess:
         None when it cannot start: the outcome says why, and so does the log."""
         spec = self.spec
         if self.zygote is not None and python_script(spec.argv) is not None:
-            child = self.zygote.spawn(spec.argv, env=spec.env, cwd=spec.cwd, key=spec.key)
+            child = self.zygote.spawn(spec.argv, env=spec.env, cwd=spec.cwd,
+                                      key=spec.key, marker=spec.run_marker)
             if child is not None:
                 log.note = " [forked from the Python zygote]"
                 return child
@@ -323,7 +334,7 @@ class TaskProcess:
         """SIGTERM the group and every known descendant (snapshot before parents die)."""
         # (no create time needed: the child is not reaped yet, its pid is still its own)
         self._tree_snapshot = tree_processes(None if child.done else child.pid, None,
-                                             self.spec.key)
+                                             self.spec.key, self.spec.run_marker)
         self._kill_group(signal.SIGTERM)
         for p in self._tree_snapshot:
             signal_quietly(p, signal.SIGTERM)
@@ -332,7 +343,8 @@ class TaskProcess:
         """SIGKILL the group, then sweep the recorded tree and everything carrying the marker."""
         self._kill_group(signal.SIGKILL)
         known = list(self._tree_snapshot)
-        known += tree_processes(None if child.done else child.pid, None, self.spec.key)
+        known += tree_processes(None if child.done else child.pid, None, self.spec.key,
+                                self.spec.run_marker)
         for p in known:
             signal_quietly(p, signal.SIGKILL)
 

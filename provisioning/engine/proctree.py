@@ -3,15 +3,20 @@
 A task runs in its own session, so one killpg reaches most of it. What killpg
 misses: descendants that called setsid; what psutil's children() misses:
 orphans reparented to init (giampaolo/psutil#2534). So every task process
-carries its key in the environment (PROVISIONING_TASK_ID, inherited by all
-descendants) and the sweep also kills our own processes carrying it (the
-trick Jenkins' ProcessTreeKiller uses). Never signal a pid without checking
-its create time: pids are reused.
+carries a marker in the environment, inherited by all descendants, and the
+sweep also kills our own processes carrying it (the trick Jenkins'
+ProcessTreeKiller uses). The marker is ``<task key>/<run id>``
+(PROVISIONING_TASK_RUN): recovery kills every run of a task it takes over,
+whoever started it; a running task's own timeout, cancel or shutdown kills
+only ITS run (two daemons on one host and one database: a daemon whose lease
+ran out must not kill the run of the daemon that took the task over).
+Never signal a pid without checking its create time: pids are reused.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 from typing import Any
 
@@ -20,12 +25,20 @@ import psutil
 from provisioning import procinfo
 from provisioning.polling import wait_until
 
-MARKER_ENV = "PROVISIONING_TASK_ID"  # every descendant inherits it; the sweep looks for it
+MARKER_ENV = "PROVISIONING_TASK_RUN"  # "<key>/<run id>": every descendant inherits it
+LEGACY_MARKER_ENV = "PROVISIONING_TASK_ID"  # the key alone (what a release before 0.3 marked)
 
 
-def tree_processes(pid: int | None, create_time: float | None, key: str) -> list:
+def run_marker(key: str) -> str:
+    """A fresh marker for one run of the task ``key``."""
+    return f"{key}/{secrets.token_hex(8)}"
+
+
+def tree_processes(pid: int | None, create_time: float | None, key: str,
+                   run: str | None = None) -> list:
     """Processes of a task: the main one (if it is still the same process), its
-    descendants, and any process of ours carrying the task's marker."""
+    descendants, and any process of ours carrying the task's marker (of the
+    run ``run`` only, when given)."""
     found: dict[int, Any] = {}
     if pid is not None:
         try:
@@ -38,15 +51,16 @@ def tree_processes(pid: int | None, create_time: float | None, key: str) -> list
                     found[c.pid] = c
         except psutil.Error:
             pass
-    for p in marked_processes({key}).get(key, []):
+    for p in marked_processes({key}, run=run).get(key, []):
         found.setdefault(p.pid, p)
     found.pop(os.getpid(), None)
     return list(found.values())
 
 
-def marked_processes(keys: set[str]) -> dict[str, list]:
-    """Our processes whose environment carries one of the task keys (Jenkins'
-    ProcessTreeKiller trick): finds descendants that escaped the group and tree."""
+def marked_processes(keys: set[str], run: str | None = None) -> dict[str, list]:
+    """Our processes whose environment marks them as a run of one of the task
+    keys (Jenkins' ProcessTreeKiller trick): finds descendants that escaped the
+    group and tree. ``run``: only those of that run (its full marker)."""
     uid = os.getuid()
     me = os.getpid()
     out: dict[str, list] = {}
@@ -54,11 +68,17 @@ def marked_processes(keys: set[str]) -> dict[str, list]:
         try:
             if p.pid == me or p.info["uids"] is None or p.info["uids"].real != uid:
                 continue
-            value = p.environ().get(MARKER_ENV)
+            env = p.environ()
         except (psutil.Error, OSError):
             continue
-        if value in keys:
-            out.setdefault(value, []).append(p)
+        marker = env.get(MARKER_ENV)
+        if run is not None:
+            if marker == run:
+                out.setdefault(run.rpartition("/")[0], []).append(p)
+            continue
+        key = marker.rpartition("/")[0] if marker else env.get(LEGACY_MARKER_ENV)
+        if key in keys:
+            out.setdefault(key, []).append(p)
     return out
 
 

@@ -38,6 +38,7 @@ class TaskRun:
     kill_grace_s: float
     cwd: str | None = None
     send_params: bool = True  # False: stdin is closed at once (argv run directly)
+    run_marker: str | None = None  # this run's marker (proctree.py); None: TaskProcess makes one
 
 
 @dataclass

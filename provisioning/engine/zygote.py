@@ -85,7 +85,7 @@ class Zygote:
                  config_files: list[Path] = (),
                  reload: Callable[[], ZygoteSettings] | None = None):
         env = {k: v for k, v in env.items() if k != MARKER_ENV}
-        env[MARKER_ENV] = "0" * MARKER_RESERVE  # last: a child writes its key over it
+        env[MARKER_ENV] = "0" * MARKER_RESERVE  # last: a child writes its run marker over it
         self._env = env
         self._settings = settings
         self._reload = reload
@@ -132,13 +132,16 @@ class Zygote:
             self._thread.join(timeout)
 
     def spawn(self, argv: list[str], *, env: dict[str, str], cwd: str | None,
-              key: str) -> ZygoteChild | None:
-        """Fork the Python op `argv` as the task `key`; None: no zygote to do it."""
+              key: str, marker: str | None = None) -> ZygoteChild | None:
+        """Fork the Python op `argv` as the task `key` (its run ``marker``, proctree.py;
+        default: the key's environment value); None: no zygote to do it."""
         with self._lock:
             sock = self._sock
         if sock is None or self._stale():
             return None
-        request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "key": key}).encode()
+        marker = marker or env.get(MARKER_ENV) or key
+        request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "key": key,
+                              "marker": marker}).encode()
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         status_r, status_w = os.pipe()

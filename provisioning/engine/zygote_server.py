@@ -16,7 +16,7 @@ On the socket, one datagram each:
   "marker"}; `files` are [path, mtime_ns, size] of every module file it
   imported from the package and of each preloaded package's `__init__`,
   taken at import, so the daemon can tell an upgrade on disk;
-- spawn (daemon -> zygote): {"argv", "env", "cwd", "key"} with three fds:
+- spawn (daemon -> zygote): {"argv", "env", "cwd", "key", "marker"} with three fds:
   the task's stdin (read end), its stdout+stderr (write end), and a status
   pipe (write end). Reply {"pid": n} with a pidfd of the child, or
   {"error": "..."};
@@ -27,7 +27,7 @@ once (Linux also kills it by PR_SET_PDEATHSIG), leaving its children, the
 task processes, to the new daemon's recovery, as any orphaned task.
 
 The child becomes a normal task process: its own session, the task's
-environment (and the recovery marker PROVISIONING_TASK_ID written into its
+environment (and the run marker PROVISIONING_TASK_RUN written into its
 /proc/<pid>/environ, which a fork cannot otherwise change: see _mark),
 params on stdin, the same protocol; the op's script is run as `__main__`
 with sys.argv and sys.path[0] as `python script.py` sets them. Exit status:
@@ -50,8 +50,8 @@ import sys
 
 from provisioning import procinfo
 
-MARKER_ENV = "PROVISIONING_TASK_ID"  # as engine/proctree.py
-MARKER_RESERVE = 128  # bytes kept for a task key (at most 101: uuid + "." + 64)
+MARKER_ENV = "PROVISIONING_TASK_RUN"  # as engine/proctree.py
+MARKER_RESERVE = 128  # bytes kept for a run marker (at most 118: uuid "." 64 "/" 16)
 STATUS = struct.Struct("<ci")  # b"Z" wait status (from the zygote) / b"C" exit code (child)
 STATUS_FD = 3  # the status pipe in the child
 MAX_REQUEST = 1 << 20
@@ -162,8 +162,8 @@ def _marker_works() -> bool:
     pid = os.fork()
     if pid == 0:
         try:
-            ok = _mark("probe.probe") and \
-                b"\0" + MARKER_ENV.encode() + b"=probe.probe\0" in _read("/proc/self/environ")
+            ok = _mark("probe.probe/0") and \
+                b"\0" + MARKER_ENV.encode() + b"=probe.probe/0\0" in _read("/proc/self/environ")
         except BaseException:  # noqa: BLE001 - a probe: any failure means no
             ok = False
         os._exit(0 if ok else 1)
@@ -215,8 +215,8 @@ def _serve(sock: socket.socket):
 
 def _fork(sock: socket.socket, request: dict, fds: list[int], children: dict[int, int]) -> int:
     """Fork the task's child; in the zygote reply with its pid and pidfd. 0 in the child."""
-    key = request.get("key", "")
-    if len(fds) != 3 or len(key.encode()) >= MARKER_RESERVE:
+    marker = request.get("marker") or request.get("key", "")
+    if len(fds) != 3 or len(marker.encode()) >= MARKER_RESERVE:
         for f in fds:
             os.close(f)
         sock.send(json.dumps({"error": "bad spawn request"}).encode())
@@ -288,7 +288,7 @@ def _run_task(request: dict, fds: list[int], own: list[int]) -> None:
     os.set_inheritable(STATUS_FD, False)  # a program the op runs must not hold it
     for fd in {stdin_fd, out_fd, status_fd, *own} - {0, 1, 2, STATUS_FD}:
         os.close(fd)
-    _mark(request["key"])
+    _mark(request.get("marker") or request["key"])
     os.environ.clear()
     os.environ.update(request["env"])
     if request.get("cwd"):
@@ -353,8 +353,8 @@ def _run_script(script: str) -> int:
     return 0
 
 
-def _mark(key: str) -> bool:
-    """Write the task key over the placeholder value of MARKER_ENV in the memory of the
+def _mark(marker: str) -> bool:
+    """Write the run marker over the placeholder value of MARKER_ENV in the memory of the
     environment this process was started with: /proc/<pid>/environ shows that memory,
     and recovery (engine/proctree.py) finds task processes by it. The rest of the
     placeholder becomes a string without '=' (psutil skips it)."""
@@ -363,7 +363,7 @@ def _mark(key: str) -> bool:
     libc = ctypes.CDLL(None)
     libc.getenv.restype = ctypes.c_void_p
     where = libc.getenv(MARKER_ENV.encode())
-    value = key.encode()
+    value = marker.encode()
     if not where or len(value) >= MARKER_RESERVE:
         return False
     filler = value + b"\0" + b"_" * (MARKER_RESERVE - len(value) - 1)
