@@ -72,7 +72,8 @@ def engine_ops(n: int, root: Path, *, memory: bool, zygote: bool = False) -> flo
     engine = Engine(store, config, python_zygote=zygote)
     engine.start()
     try:
-        if zygote and not (engine.zygote and engine.zygote.started.wait(120) and engine.zygote.pid):
+        lean = engine.zygotes.lean
+        if zygote and not (lean and lean.started.wait(120) and lean.pid):
             raise RuntimeError("the Python zygote did not start")
         spec = parse_workflow({"workflow": {"name": "python-ops", "max_parallel": 1},
                                "tasks": [{"id": f"op{i}", "op": "noop", "params": {"i": i}}

@@ -254,11 +254,57 @@ print("RESULT: " + json.dumps({"ppid": os.getppid()}))
 """
 
 
-def zygote_of(daemon_pid: int) -> psutil.Process | None:
+def zygote_of(daemon_pid: int, *, sdk: bool = False) -> psutil.Process | None:
+    """The daemon's lean zygote (no preloads: its last argument is "[]"), or the SDK one."""
     for child in psutil.Process(daemon_pid).children():
-        if "provisioning.engine.zygote_server" in " ".join(child.cmdline()):
+        argv = child.cmdline()
+        if "provisioning.engine.zygote_server" in " ".join(argv) and (argv[-1] != "[]") == sdk:
             return child
     return None
+
+
+def test_two_zygotes_a_lean_one_for_ops_and_one_with_the_sdks_for_business_ops(tmp_path: Path):
+    """boto3 in the zygote makes every fork dearer (engine/zygote.py): plain ops fork
+    from a zygote without it, server/taskserv/cluster ops from the one with it."""
+    pytest.importorskip("boto3", reason="no SDK of the default preload list is installed")
+    from provisioning.config import load_config
+    from provisioning.engine.launch import TaskLauncher
+    from provisioning.engine.zygotes import Zygotes
+    from provisioning.ops.registry import OpRegistry
+    from provisioning.store.memory import MemoryStore
+
+    lib = tmp_path / "lib"
+    (lib / "steps").mkdir(parents=True)
+    (lib / "steps" / "work.py").write_text(OP)  # reports its parent's pid
+    d = start_daemon(tmp_path, executor={"lib_dirs": [str(lib)]})
+    try:
+        lean = wait_for(lambda: d.health()["python_zygote_pid"], timeout=60, what="the zygote")
+        sdk = wait_for(lambda: d.health()["python_sdk_zygote_pid"], timeout=60,
+                       what="the SDK zygote")
+        assert lean != sdk and zygote_of(d.pid).pid == lean
+        assert zygote_of(d.pid, sdk=True).pid == sdk
+        assert zygote_of(d.pid, sdk=True).cmdline()[-1] == '["boto3"]'
+        status, body = d.request("POST", "/workflows", {"tasks": [
+            {"id": "a", "op": "step.work", "params": {"effects": str(tmp_path / "fx")}}]})
+        assert status == 202, body
+        assert d.wait_workflow(body["workflow_id"])["status"] == "succeeded"
+        status, view = d.request("GET", f"/tasks/{body['workflow_id']}.a")
+        assert status == 200 and view["result"]["ppid"] == lean, view
+    finally:
+        d.stop()
+    config = load_config(environ={"PROVISIONING_STORAGE_DATA_DIR": str(tmp_path / "l")})
+    launcher = TaskLauncher(OpRegistry.from_config(config), MemoryStore(tmp_path / "m"),
+                            data_dir=tmp_path / "l", endpoint=None, task_timeout_s=10,
+                            kill_grace_s=1)
+    zygotes = Zygotes()
+    zygotes.lean, zygotes.sdk = "lean", "sdk"  # which one each op would use
+    launcher.zygotes = zygotes
+    task = {"workflow_id": KEY.format(n=1).split(".")[0], "id": "t", "key": KEY.format(n=1),
+            "attempts": 1, "params": {}}
+    for op, want in (("noop", "lean"), ("server.create", "sdk"), ("taskserv.create", "sdk"),
+                     ("cluster.delete", "sdk"), ("shell.run", "lean")):
+        proc, _ = launcher.prepare({**task, "op": op}, ["x"], lambda p, m: None)
+        assert proc.zygote == want, op
 
 
 def test_daemon_killing_the_zygote_mid_workflow_the_workflow_still_completes(tmp_path: Path):

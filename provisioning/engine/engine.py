@@ -39,8 +39,8 @@ from provisioning.engine.launch import TaskLauncher
 from provisioning.engine.recovery import recover_running_tasks
 from provisioning.engine.scheduler import Scheduler
 from provisioning.engine.transitions import CANCELLED, Transitions
-from provisioning.engine.zygote import Zygote
 from provisioning.engine.zygote import supported as zygote_supported
+from provisioning.engine.zygotes import Zygotes
 from provisioning.errors import Conflict, NotFound, ServiceUnavailable, UsageError, ValidationError
 from provisioning.model import NOT_SUCCEEDED, Record, TaskStatus, WorkflowSpec, WorkflowStatus
 from provisioning.model.storage import Store
@@ -81,7 +81,7 @@ class Engine:
         self._accepting = True
         self._started = False
         self._want_zygote = python_zygote  # the daemon's; direct mode: README "Decisions"
-        self.zygote: Zygote | None = None  # forks Python ops (zygote.py), once started
+        self.zygotes = Zygotes()  # fork Python ops (zygotes.py), once started
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -134,9 +134,8 @@ class Engine:
         if self._want_zygote and self.config.executor.python_zygote and zygote_supported():
             env = {**self.launcher.base_env(),
                    "PROVISIONING_STORAGE_DATA_DIR": str(self.config.storage.data_dir)}
-            self.zygote = Zygote.from_config(self.config, env=env)
-            self.zygote.start()
-            self.launcher.zygote = self.zygote
+            self.zygotes.start(self.config, env=env)
+            self.launcher.zygotes = self.zygotes
 
     def _restore(self, wrec: Record, task_recs: list[Record]) -> None:
         """Index a workflow read back from the store (lock held)."""
@@ -165,8 +164,7 @@ class Engine:
             for flow in self.flows:
                 flow.wake_readers()
         self.scheduler.join(timeout=10)
-        if self.zygote is not None:  # after the tasks: it reports their exits
-            self.zygote.close()
+        self.zygotes.close()  # after the tasks: they report their exits
         self._writer.close()  # write what is pending; later writes are synchronous
         self.store.close()  # its helper process, open files (later writes still work)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning.engine.executor import TaskProcess, TaskRun, clean_env
-from provisioning.engine.zygote import Zygote
+from provisioning.engine.zygotes import Zygotes
 from provisioning.model import Record
 from provisioning.model.storage import Store
 from provisioning.ops.providers import credential_env
@@ -35,7 +35,7 @@ class TaskLauncher:
         self.task_timeout_s = task_timeout_s
         self.kill_grace_s = kill_grace_s
         self._base_env: dict[str, str] | None = None
-        self.zygote: Zygote | None = None  # Python ops fork from it once the engine started one
+        self.zygotes: Zygotes | None = None  # Python ops fork from them once the engine has them
 
     def capture_env(self) -> None:
         """Take the inherited part of every task's environment now (once per
@@ -78,7 +78,8 @@ class TaskLauncher:
             # task's process itself (no interpreter start), params env under ours.
             run.argv, run.cwd, run.send_params = list(params["argv"]), params.get("cwd"), False
             run.env = {**base, **(params.get("env") or {}), **env}
-        return TaskProcess(run, on_progress=on_progress, zygote=self.zygote), task_token
+        zygote = self.zygotes.for_op(task["op"]) if self.zygotes is not None else None
+        return TaskProcess(run, on_progress=on_progress, zygote=zygote), task_token
 
 
 def _valid_shell_run(params: dict[str, Any]) -> bool:

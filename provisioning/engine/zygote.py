@@ -9,6 +9,8 @@ still a fresh process per task, with its own pid, session, environment,
 stdin params and protocol (DESIGN.md 17); the executor treats it like any
 other (children.ZygoteChild).
 
+The engine keeps two, a lean one and one with the SDKs: zygotes.py says why.
+
 Lifetime, and what happens when something goes wrong:
 - started by a keeper thread of this object when the engine starts (the
   daemon is ready without waiting for it: ops spawn plainly until its
@@ -72,11 +74,6 @@ def supported() -> bool:
             and hasattr(socket, "send_fds") and hasattr(socket, "SOCK_SEQPACKET"))
 
 
-def settings_of(config) -> ZygoteSettings:
-    return ZygoteSettings(config.executor.python_zygote,
-                          tuple(config.executor.python_zygote_preload))
-
-
 class Zygote:
     """The daemon's handle on its zygote. spawn() forks a Python op, or says None
     (then the caller spawns it plainly)."""
@@ -103,16 +100,6 @@ class Zygote:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.started = threading.Event()  # set at the first hello (or when given up)
-
-    @classmethod
-    def from_config(cls, config, *, env: dict[str, str]) -> Zygote:
-        """A zygote set up as `config` says, re-reading the same files when they change."""
-        from provisioning.config import load_config
-
-        explicit = next((p for layer, p, _ in config.files if layer == "--config"), None)
-        return cls(env=env, settings=settings_of(config),
-                   config_files=[p for _, p, _ in config.files],
-                   reload=lambda: settings_of(load_config(explicit)))
 
     @property
     def pid(self) -> int | None:

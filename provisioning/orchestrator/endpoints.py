@@ -85,7 +85,9 @@ def health(call: Call) -> Response:
         # None: records are written in-process (off by config, or the child died)
         "record_writer_pid": server.engine.store.writer_pid,
         # None: Python ops are spawned plainly (off, starting, restarting, given up)
-        "python_zygote_pid": zygote.pid if (zygote := server.engine.zygote) else None,
+        "python_zygote_pid": zygote.pid if (zygote := server.engine.zygotes.lean) else None,
+        # the zygote with the SDKs (business ops); None also when no SDK is installed
+        "python_sdk_zygote_pid": sdk.pid if (sdk := server.engine.zygotes.sdk) else None,
         "storage_backend": server.engine.config.storage.backend,  # filesystem | postgres
         **_shared_database(server.engine.store),
     })

@@ -177,6 +177,10 @@ _SCHEMAS: dict[str, Any] = {
         "python_zygote_pid": {"type": "integer", "nullable": True,
                               "description": "the daemon's Python zygote (forks Python ops); "
                                              "null when they are spawned plainly"},
+        "python_sdk_zygote_pid": {"type": "integer", "nullable": True,
+                                  "description": "the zygote with the SDKs pre-imported (forks "
+                                                 "the server/taskserv/cluster ops); null when "
+                                                 "none is installed or ops spawn plainly"},
         "storage_backend": {"type": "string", "enum": ["filesystem", "postgres"],
                             "description": "where the records live (storage.backend)"},
         "daemon_id": {"type": "string",
