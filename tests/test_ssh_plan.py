@@ -99,6 +99,12 @@ def test_plan_reads_the_hosts(ssh_hosts, tmp_path, isolated):  # noqa: F811
         assert p["install-db-1-redis"]["action"] == "unreachable"
         assert "unreachable" in p["install-db-1-redis"]["detail"]
         assert p["install-lb-1-nginx"]["action"] == "installed"  # the others still read
+        db.pause()  # a delete must reach the host to remove our files: it would fail
+        (gone,) = plan(infra, "server", "delete", "db-1").values()
+        db.resume()
+        assert gone["action"] == "unreachable" and "no answer" in gone["detail"], gone
+        (kept,) = plan(infra, "server", "delete", "web-1").values()
+        assert kept["action"] == "forget" and "the host itself is kept" in kept["detail"], kept
         r = run_cli("cluster", "create", "rack", "--infra", str(infra), "--plan", timeout=120)
         assert r.returncode == 0 and "nothing was submitted" in r.stdout, r.stderr
         assert "installed  nginx is installed on lb-1" in r.stdout, r.stdout

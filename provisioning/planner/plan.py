@@ -8,6 +8,8 @@ read only by the Provider contract) and the state records of taskservs:
   taskserv.create  install | installed      taskserv.delete  delete | absent
   cluster.check    check                    cluster.delete   forget
 
+(server.delete on a provider that keeps its hosts, ssh: forget | absent.)
+
 A provider that `reads_hosts` (ssh) is asked the host itself for each
 taskserv task: its folder under <root>/opt/provisioning/taskservs/ and its
 `check` (installs.read_on_host, read only); an adopted host that does not
@@ -72,10 +74,13 @@ def _read_hosts(spec: WorkflowSpec, infra: Any, provider: Any, found: dict[str, 
 
 
 def _action(task: Any, infra: str, found: dict[str, dict[str, Any]],
-            state: StateStore, read: dict[tuple[str, str], tuple[bool, str]]
-            ) -> tuple[str, str]:
+            state: StateStore, read: dict[tuple[str, str], tuple[bool, str]],
+            keeps_hosts: bool = False) -> tuple[str, str]:
+    """``keeps_hosts``: the provider adopts hosts and never destroys them (ssh): a
+    server delete forgets the host, and must reach it to remove our files."""
     host, ts = task.params.get("server"), task.params.get("taskserv")
-    if found.get(host, {}).get("state") == "unreachable" and task.op != "server.delete":
+    if found.get(host, {}).get("state") == "unreachable" and (
+            task.op != "server.delete" or keeps_hosts):
         what = f"{ts} on {host}" if ts else host
         return "unreachable", f"cannot read {what}: {found[host].get('reason')}"
     here = host in found and found[host].get("state") not in GONE
@@ -89,6 +94,9 @@ def _action(task: Any, infra: str, found: dict[str, dict[str, Any]],
         return ("exists", f"{host} exists{where}") if here else ("create", f"create {host}")
     if task.op == "server.delete":
         recorded = state.server(infra, host) is not None
+        if keeps_hosts and (here or recorded):
+            return "forget", (f"remove provisioning's files from {host} and forget it "
+                              "(the host itself is kept)")
         if here or recorded:
             return "delete", f"delete {host}{where}" + ("" if here else " (record only)")
         return "absent", f"{host} does not exist"
@@ -130,7 +138,8 @@ def plan_workflow(kind: str, infra_ref: str | Path, params: dict[str, Any] | Non
             provider.close_masters_except(kept)
     tasks = []
     for t in spec.tasks:
-        action, detail = _action(t, name, found, state, read)
+        action, detail = _action(t, name, found, state, read,
+                                 keeps_hosts=getattr(provider, "reads_hosts", False))
         tasks.append({"id": t.id, "op": t.op, "action": action, "detail": detail,
                       "server": t.params.get("server"), "taskserv": t.params.get("taskserv"),
                       "depends_on": list(t.depends_on)})
