@@ -328,3 +328,38 @@ def ssh_hosts(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
     finally:
         factory.close()
 
+
+
+WEB_INSTALL = """#!/bin/sh
+# Runs ON the host (cwd: the server's root): a tiny web service bound to the host address.
+set -e
+cat > /dev/null  # the context JSON; this one needs only the env
+mkdir -p srv/{name} run
+echo "{greeting} $PROVISIONING_HOST_NAME at $PROVISIONING_HOST_ADDRESS" > srv/{name}/index.html
+setsid python3 -m http.server --bind "$PROVISIONING_HOST_ADDRESS" --directory srv/{name} \\
+    {port} < /dev/null > run/{name}.log 2>&1 &
+echo $! > run/{name}.pid
+"""
+WEB_REMOVE = """#!/bin/sh
+[ -f run/{name}.pid ] && kill "$(cat run/{name}.pid)" 2>/dev/null
+rm -rf srv/{name} run/{name}.pid run/{name}.log
+exit 0
+"""
+
+
+def write_web_taskserv(ws: Path, name: str, port: int, greeting: str) -> Path:
+    """A workspace taskserv ``name``: POSIX sh install/remove of python3's http.server
+    on the host's address and ``port``, its page "<greeting> <host> at <address>",
+    and an http health check expecting the greeting's first word."""
+    ts = ws / "taskservs" / name
+    ts.mkdir(parents=True)
+    (ts / "taskserv.toml").write_text(
+        '[taskserv]\ndescription = "python3 http.server on the host"\n'
+        f'[ports]\nhttp = {port}\n'
+        f'[health]\ntype = "http"\nport = "http"\npath = "/"\nexpect = "{greeting.split()[0]}"\n'
+        'timeout_s = 20\n')
+    (ts / "install").write_text(WEB_INSTALL.format(name=name, port=port, greeting=greeting))
+    (ts / "remove").write_text(WEB_REMOVE.format(name=name))
+    for f in (ts / "install", ts / "remove"):
+        f.chmod(0o755)
+    return ts

@@ -27,27 +27,13 @@ from provisioning.transport import close_masters
 from tests.conftest import REPO, run_cli
 from tests.daemon_fixture import start_daemon
 from tests.fake_upcloud import FakeUpCloud
-from tests.hosts import ssh_hosts  # noqa: F401 - the fixture
+from tests.hosts import (
+    ssh_hosts,  # noqa: F401 - the fixture
+    write_web_taskserv,
+)
 
 HTTP_PORT = 18094
 CRED_VARS = ("UPCLOUD_TOKEN", "UPCLOUD_USERNAME", "UPCLOUD_PASSWORD")
-
-INSTALL = """#!/bin/sh
-# Runs ON the server (cwd: its root): a tiny web service bound to the server's address.
-set -e
-cat > /dev/null  # the context JSON; this one needs only the env
-mkdir -p srv/hello run
-echo "hello from $PROVISIONING_HOST_NAME at $PROVISIONING_HOST_ADDRESS" > srv/hello/index.html
-setsid python3 -m http.server --bind "$PROVISIONING_HOST_ADDRESS" --directory srv/hello \\
-    {port} < /dev/null > run/hello.log 2>&1 &
-echo $! > run/hello.pid
-"""
-REMOVE = """#!/bin/sh
-[ -f run/hello.pid ] && kill "$(cat run/hello.pid)" 2>/dev/null
-rm -rf srv/hello run/hello.pid run/hello.log
-exit 0
-"""
-
 
 @pytest.fixture(autouse=True)
 def no_outer_credentials(monkeypatch):
@@ -56,17 +42,7 @@ def no_outer_credentials(monkeypatch):
 
 
 def _write_taskserv(ws: Path) -> None:
-    ts = ws / "taskservs" / "hello"
-    ts.mkdir(parents=True)
-    (ts / "taskserv.toml").write_text(
-        '[taskserv]\ndescription = "a POSIX sh install serving on the host address"\n'
-        f'[ports]\nhttp = {HTTP_PORT}\n'
-        '[health]\ntype = "http"\nport = "http"\npath = "/"\nexpect = "hello"\n'
-        'timeout_s = 20\n')
-    (ts / "install").write_text(INSTALL.format(port=HTTP_PORT))
-    (ts / "remove").write_text(REMOVE)
-    for f in (ts / "install", ts / "remove"):
-        f.chmod(0o755)
+    write_web_taskserv(ws, "hello", HTTP_PORT, "hello from")
 
 
 def _write_infra(ws: Path, fake: FakeUpCloud, hosts) -> Path:

@@ -13,20 +13,16 @@ kill ran exactly once, every task at least once and at most twice.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
 from tests.daemon_fixture import start_daemon
 from tests.pg_fixture import fresh_database
-from tests.test_reliability_crash import KINDS, TASK_SCRIPT, TASKS, dag, effect_counts
+from tests.test_reliability_crash import KINDS, TASK_SCRIPT, TASKS, check_effects, dag, kill_at
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -45,41 +41,6 @@ def checkpoint_in_flight(data: Path) -> bool:
     return False
 
 
-def kill_at(d, kind: str, rng: random.Random, spec: dict, effects: Path, data: Path
-            ) -> list[str]:
-    """Kill the daemon at a moment of ``kind``; the ids it acknowledged."""
-    accepted: list[str] = []
-
-    def submit() -> None:
-        try:
-            status, body = d.request("POST", "/workflows", spec, timeout=10)
-        except (OSError, http.client.HTTPException):
-            return  # the daemon died under the request: the client never got an id
-        if status == 202:
-            accepted.append(body["workflow_id"])
-
-    if kind == "submit":
-        sender = threading.Thread(target=submit)
-        sender.start()
-        time.sleep(rng.uniform(0, 0.15))  # a random kill point, not a wait for anything
-        d.kill()
-        sender.join(timeout=30)
-        return accepted
-    submit()
-    assert accepted, "submission refused"
-    if kind == "start":
-        time.sleep(rng.uniform(0, 0.12))  # a random kill point
-    elif kind == "mid":
-        runs = rng.randint(3, TASKS - 5)
-        wait_for(lambda: sum(effect_counts(effects).values()) >= runs, timeout=60,
-                 interval=0.005, what=f"{runs} task runs")
-    else:
-        wait_for(lambda: checkpoint_in_flight(data), timeout=60, interval=0.001,
-                 what="a checkpoint write in flight")
-    d.kill()
-    return accepted
-
-
 def crash_iteration(base: Path, rng: random.Random, kind: str) -> None:
     dsn, drop = fresh_database()
     base.mkdir()
@@ -92,7 +53,8 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> None:
                         "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
     spec = dag(rng, script, effects)
     try:
-        accepted = kill_at(start_daemon(base, **cfg), kind, rng, spec, effects, data)
+        accepted = kill_at(start_daemon(base, **cfg), kind, rng, spec, effects,
+                           in_flight=lambda: checkpoint_in_flight(data))
         workflows, tasks = durable_rows(dsn)
         assert len(workflows) <= 1
         if accepted:
@@ -119,11 +81,7 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> None:
             (t["id"], t["status"], t["error"]) for t in view["tasks"]
             if t["status"] != "succeeded"]
         d2.stop()
-        counts = effect_counts(effects)
-        assert set(counts) == {f"t{i:02d}" for i in range(TASKS)}
-        assert all(n <= 2 for n in counts.values()), counts
-        again = {t: counts[t] for t in succeeded_at_kill if counts[t] != 1}
-        assert not again, f"tasks recorded succeeded before the kill ran again: {again}"
+        check_effects(effects, succeeded_at_kill)
         workflows, tasks = durable_rows(dsn)
         assert len(workflows) == 1 and len(tasks) == TASKS
         assert all(t["status"] == "succeeded" for t in tasks)

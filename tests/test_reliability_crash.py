@@ -36,6 +36,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -133,21 +134,10 @@ def effect_counts(effects: Path) -> Counter:
     return Counter(line for line in effects.read_text().splitlines() if line)
 
 
-def crash_iteration(base: Path, rng: random.Random, kind: str,
-                    ops: str = "shell") -> dict[str, int]:
-    base.mkdir()
-    data = base / "data"
-    script = base / "task.sh"
-    script.write_text(TASK_SCRIPT)
-    effects = base / "effects.log"
-    cfg = {"storage": {"data_dir": str(data)},
-           "executor": {"max_concurrent_tasks": 8, "checkpoint_interval_seconds": 0,
-                        "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
-    if ops == "python":  # forked by the zygote (on by default on Linux; said here)
-        cfg["executor"]["lib_dirs"] = [str(python_op_lib(base, "task", PYTHON_TASK))]
-        cfg["executor"]["python_zygote"] = True
-    spec = dag(rng, script, effects, ops)
-    d = start_daemon(base, **cfg)
+def kill_at(d, kind: str, rng: random.Random, spec: dict, effects: Path, *,
+            in_flight: Callable[[], bool]) -> list[str]:
+    """Kill daemon ``d`` (SIGKILL) at a moment of ``kind`` (KINDS; "checkpoint": while
+    ``in_flight()`` says a write is under way); the workflow ids it acknowledged."""
     accepted: list[str] = []
 
     def submit() -> None:
@@ -164,19 +154,50 @@ def crash_iteration(base: Path, rng: random.Random, kind: str,
         time.sleep(rng.uniform(0, 0.15))  # a random kill point, not a wait for anything
         d.kill()
         sender.join(timeout=30)
+        return accepted
+    submit()
+    assert accepted, "submission refused"
+    if kind == "start":
+        time.sleep(rng.uniform(0, 0.12))  # a random kill point
+    elif kind == "mid":
+        runs = rng.randint(3, TASKS - 5)
+        wait_for(lambda: sum(effect_counts(effects).values()) >= runs, timeout=60,
+                 interval=0.005, what=f"{runs} task runs")
     else:
-        submit()
-        assert accepted, "submission refused"
-        if kind == "start":
-            time.sleep(rng.uniform(0, 0.12))  # a random kill point
-        elif kind == "mid":
-            runs = rng.randint(3, TASKS - 5)
-            wait_for(lambda: sum(effect_counts(effects).values()) >= runs, timeout=60,
-                     interval=0.005, what=f"{runs} task runs")
-        else:
-            wait_for(lambda: write_in_flight(data), timeout=60, interval=0.001,
-                     what="a record or checkpoint write in flight")
-        d.kill()
+        wait_for(in_flight, timeout=60, interval=0.001, what="a write in flight")
+    d.kill()
+    return accepted
+
+
+def check_effects(effects: Path, succeeded_at_kill: set[str]) -> Counter:
+    """Every task ran, none more than twice, none recorded succeeded before the kill
+    ran again; the runs per task."""
+    counts = effect_counts(effects)
+    expected = {f"t{i:02d}" for i in range(TASKS)}
+    assert set(counts) == expected, f"never ran: {sorted(expected - set(counts))}"
+    twice = {t: n for t, n in counts.items() if n > 1}
+    assert all(n <= 2 for n in counts.values()), f"ran more than twice: {twice}"
+    again = {t: counts[t] for t in succeeded_at_kill if counts[t] != 1}
+    assert not again, f"tasks recorded succeeded before the kill ran again: {again}"
+    return counts
+
+
+def crash_iteration(base: Path, rng: random.Random, kind: str,
+                    ops: str = "shell") -> dict[str, int]:
+    base.mkdir()
+    data = base / "data"
+    script = base / "task.sh"
+    script.write_text(TASK_SCRIPT)
+    effects = base / "effects.log"
+    cfg = {"storage": {"data_dir": str(data)},
+           "executor": {"max_concurrent_tasks": 8, "checkpoint_interval_seconds": 0,
+                        "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
+    if ops == "python":  # forked by the zygote (on by default on Linux; said here)
+        cfg["executor"]["lib_dirs"] = [str(python_op_lib(base, "task", PYTHON_TASK))]
+        cfg["executor"]["python_zygote"] = True
+    spec = dag(rng, script, effects, ops)
+    accepted = kill_at(start_daemon(base, **cfg), kind, rng, spec, effects,
+                       in_flight=lambda: write_in_flight(data))
 
     # The daemon is dead: this is exactly the durable state it left.
     workflows, tasks = durable_state(data)
@@ -207,13 +228,7 @@ def crash_iteration(base: Path, rng: random.Random, kind: str,
     assert [w["workflow_id"] for w in listing["workflows"]] == [workflow_id]
     d2.stop()
 
-    counts = effect_counts(effects)
-    expected = {f"t{i:02d}" for i in range(TASKS)}
-    assert set(counts) == expected, f"never ran: {sorted(expected - set(counts))}"
-    twice = {t: n for t, n in counts.items() if n > 1}
-    assert all(n <= 2 for n in counts.values()), f"ran more than twice: {twice}"
-    again = {t: counts[t] for t in succeeded_at_kill if counts[t] != 1}
-    assert not again, f"tasks recorded succeeded before the kill ran again: {again}"
+    counts = check_effects(effects, succeeded_at_kill)
     # nothing partial or lost: every record parses, counts match, only temp debris quarantined
     workflows, tasks = durable_state(data)
     assert len(workflows) == 1 and len(tasks) == TASKS

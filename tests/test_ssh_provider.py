@@ -18,25 +18,13 @@ from provisioning.ops.providers.ssh import SshProvider
 from provisioning.ops.state import StateStore
 from provisioning.transport import close_masters, control_dir
 from tests.conftest import run_cli
-from tests.hosts import ssh_hosts  # noqa: F401 - the fixture
+from tests.hosts import (
+    ssh_hosts,  # noqa: F401 - the fixture
+    write_web_taskserv,
+)
 
 HTTP_PORT = 18093
 
-INSTALL = """#!/bin/sh
-# Runs ON the host (cwd: the server's root): a tiny web service bound to the host address.
-set -e
-cat > /dev/null  # the context JSON; this one needs only the env
-mkdir -p srv/pyhttp run
-echo "pyhttp on $PROVISIONING_HOST_NAME at $PROVISIONING_HOST_ADDRESS" > srv/pyhttp/index.html
-setsid python3 -m http.server --bind "$PROVISIONING_HOST_ADDRESS" --directory srv/pyhttp \\
-    {port} < /dev/null > run/pyhttp.log 2>&1 &
-echo $! > run/pyhttp.pid
-"""
-REMOVE = """#!/bin/sh
-[ -f run/pyhttp.pid ] && kill "$(cat run/pyhttp.pid)" 2>/dev/null
-rm -rf srv/pyhttp run/pyhttp.pid run/pyhttp.log
-exit 0
-"""
 FLAKY = """#!/bin/sh
 [ -f "{marker}" ] || {{ echo "flaky: not yet" >&2; exit 5; }}
 echo ok
@@ -44,21 +32,12 @@ echo ok
 
 
 def _write_taskservs(ws: Path, marker: Path) -> None:
-    ts = ws / "taskservs" / "pyhttp"
-    ts.mkdir(parents=True)
-    (ts / "taskserv.toml").write_text(
-        '[taskserv]\ndescription = "python3 http.server on the host"\n'
-        f'[ports]\nhttp = {HTTP_PORT}\n'
-        '[health]\ntype = "http"\nport = "http"\npath = "/"\nexpect = "pyhttp"\n'
-        'timeout_s = 20\n')
-    (ts / "install").write_text(INSTALL.format(port=HTTP_PORT))
-    (ts / "remove").write_text(REMOVE)
+    write_web_taskserv(ws, "pyhttp", HTTP_PORT, "pyhttp on")
     flaky = ws / "taskservs" / "flaky"
     flaky.mkdir(parents=True)
     (flaky / "taskserv.toml").write_text('[taskserv]\ndescription = "fails until fixed"\n')
     (flaky / "install").write_text(FLAKY.format(marker=marker))
-    for f in (ts / "install", ts / "remove", flaky / "install"):
-        f.chmod(0o755)
+    (flaky / "install").chmod(0o755)
 
 
 def _write_infra(d: Path, hosts, *, extra: str = "", taskservs=("pyhttp",)) -> Path:

@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.hosts import ssh_hosts  # noqa: F401 - the fixture
-from tests.test_ssh_provider import HTTP_PORT, INSTALL, REMOVE, assert_no_masters
+from tests.hosts import (
+    ssh_hosts,  # noqa: F401 - the fixture
+    write_web_taskserv,
+)
+from tests.test_ssh_provider import HTTP_PORT, assert_no_masters
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -35,17 +38,7 @@ ROLES = {"web-1": ["pyhttp"], "lb-1": ["nginx"], "db-1": ["redis"]}
 
 def write_workspace(ws: Path, hosts) -> Path:
     """A workspace with the pyhttp backend and an ssh infra of the hosts in ROLES."""
-    ts = ws / "taskservs" / "pyhttp"
-    ts.mkdir(parents=True)
-    (ts / "taskserv.toml").write_text(
-        '[taskserv]\ndescription = "python3 http.server on the host"\n'
-        f'[ports]\nhttp = {HTTP_PORT}\n'
-        '[health]\ntype = "http"\nport = "http"\npath = "/"\nexpect = "pyhttp"\n'
-        'timeout_s = 20\n')
-    (ts / "install").write_text(INSTALL.format(port=HTTP_PORT))
-    (ts / "remove").write_text(REMOVE)
-    for f in (ts / "install", ts / "remove"):
-        f.chmod(0o755)
+    write_web_taskserv(ws, "pyhttp", HTTP_PORT, "pyhttp on")
     d = ws / "infra" / "rack"
     d.mkdir(parents=True)
     lines = ['[infra]\nname = "rack"\nprovider = "ssh"\n',
