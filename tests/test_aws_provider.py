@@ -155,6 +155,28 @@ def test_throttled_run_instances_is_retried_with_backoff(aws, tmp_path):
         proxy.stop()
 
 
+def test_throttling_that_never_lifts_fails_within_the_retry_budget(aws, monkeypatch):
+    """Capped, jittered and bounded (MAX_ATTEMPTS, RETRY_BUDGET_S): then the throttling
+    error is the task's failure, with the AWS code."""
+    from provisioning.errors import ProvisioningError
+    from provisioning.ops.providers import aws_api
+
+    proxy = Proxy(aws.url)
+    proxy.throttle = 1000
+    waits: list[float] = []
+    monkeypatch.setattr(aws_api.time, "sleep", waits.append)  # the backoff only, not moto
+    try:
+        ec2 = aws_api.Ec2({"region": "eu-west-1", "endpoint_url": proxy.url})
+        with pytest.raises(ProvisioningError, match="RequestLimitExceeded"):
+            ec2.call("run_instances", ImageId="ami-03cf127a", InstanceType="t3.small",
+                     MinCount=1, MaxCount=1)  # the call the proxy throttles
+    finally:
+        proxy.stop()
+    assert len(waits) == aws_api.MAX_ATTEMPTS - 1 == proxy.throttled - 1
+    assert all(0 < w <= aws_api.RETRY_MAX_S for w in waits), waits
+    assert sum(waits) < aws_api.RETRY_BUDGET_S and waits[-1] > waits[0]
+
+
 @pytest.mark.parametrize("image, plan, code", [
     ("ami-00000000", "t3.small", "InvalidAMIID.NotFound"),
     ("ami-03cf127a", "zz.huge", "InvalidInstanceType"),

@@ -195,6 +195,24 @@ def test_rate_limit_is_retried_with_backoff_inside_the_task(tmp_path, fake, infr
     assert direct_logs(isolated).count("UpCloud rate limit (HTTP 429)") == 3
 
 
+def test_a_rate_limit_that_never_lifts_fails_after_the_retry_budget(fake, password):
+    """Capped, jittered, bounded: RETRY_ATTEMPTS retries, no wait over the cap, then a
+    task failure naming the code; nothing else was sent meanwhile."""
+    from provisioning.ops.providers import upcloud_api
+
+    fake.throttle = 1000
+    waits: list[float] = []
+    auth = "Basic " + base64.b64encode(f"ops:{password}".encode()).decode()
+    api = upcloud_api.UpCloudAPI(fake.url, auth=auth, log=lambda m: None, sleep=waits.append)
+    with pytest.raises(upcloud_api.UpCloudError) as e:
+        api.list_servers({"provisioning_infra": "x"})
+    assert e.value.code == "TOO_MANY_REQUESTS" and e.value.status == 429
+    assert f"after {upcloud_api.RETRY_ATTEMPTS} retries" in e.value.message
+    assert len(waits) == upcloud_api.RETRY_ATTEMPTS == fake.count("429") - 1
+    assert all(0 < w <= upcloud_api.RETRY_CAP_S for w in waits), waits
+    assert waits[-1] > waits[0]  # backing off
+
+
 def test_refused_credentials_fail_with_the_code_and_where_they_came_from(
         tmp_path, fake, infra, isolated):
     wrong = f"wrong-{uuid.uuid4().hex}"
