@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 
@@ -67,15 +68,20 @@ def visit_dashboard(d: BenchDaemon, conn, workflow_id: str) -> None:
         status, _, _ = get(path, session)
         if status != 200:
             raise SystemExit(f"dashboard visit: GET {path} answered {status}")
-def child_memory(proc: psutil.Process, module: str):
-    """memory_full_info() of the daemon's child running `module`, or None."""
+def child_memory(proc: psutil.Process, module: str) -> SimpleNamespace | None:
+    """RSS and USS of the daemon's children running `module`, summed (two zygotes when
+    boto3 is installed: engine/zygotes.py), or None when there is none."""
+    found = None
     for child in proc.children():
         try:
             if module in " ".join(child.cmdline()):
-                return child.memory_full_info()
+                info = child.memory_full_info()
+                found = found or SimpleNamespace(rss=0, uss=0)
+                found.rss += info.rss
+                found.uss += info.uss
         except psutil.Error:
             continue
-    return None
+    return found
 
 
 def main() -> int:
