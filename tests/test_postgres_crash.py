@@ -41,14 +41,15 @@ def checkpoint_in_flight(data: Path) -> bool:
     return False
 
 
-def crash_iteration(base: Path, rng: random.Random, kind: str) -> None:
+def crash_iteration(base: Path, rng: random.Random, kind: str, shared: bool) -> None:
     dsn, drop = fresh_database()
     base.mkdir()
     data = base / "data"
     script = base / "task.sh"
     script.write_text(TASK_SCRIPT)
     effects = base / "effects.log"
-    cfg = {"storage": {"data_dir": str(data), "backend": "postgres", "postgres_dsn": dsn},
+    cfg = {"storage": {"data_dir": str(data), "backend": "postgres", "postgres_dsn": dsn,
+                       "postgres_shared": shared},
            "executor": {"max_concurrent_tasks": 8, "checkpoint_interval_seconds": 0,
                         "shutdown_grace_seconds": 5, "kill_grace_seconds": 1}}
     spec = dag(rng, script, effects)
@@ -85,16 +86,23 @@ def crash_iteration(base: Path, rng: random.Random, kind: str) -> None:
         workflows, tasks = durable_rows(dsn)
         assert len(workflows) == 1 and len(tasks) == TASKS
         assert all(t["status"] == "succeeded" for t in tasks)
+        if shared:  # finished: its lease given up
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                assert conn.execute("SELECT * FROM workflow_leases").fetchall() == []
     finally:
         drop()
 
 
-def test_crash_matrix_on_postgres_one_round_of_each_kill_point(tmp_path: Path):
+@pytest.mark.parametrize("shared", [False, True], ids=["one-daemon", "shared"])
+def test_crash_matrix_on_postgres_one_round_of_each_kill_point(tmp_path: Path, shared: bool):
+    """shared: storage.postgres_shared (workflow leases; the restarted daemon has the
+    same daemon id, from its data dir, and takes its own leases back at once)."""
     seed = int(os.environ.get("CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     for i, kind in enumerate(KINDS):
         try:
-            crash_iteration(tmp_path / f"it{i:02d}", rng, kind)
+            crash_iteration(tmp_path / f"it{i:02d}", rng, kind, shared)
         except BaseException as e:
-            raise AssertionError(f"iteration {i} (kill during {kind}, postgres), "
+            raise AssertionError(f"iteration {i} (kill during {kind}, postgres, "
+                                 f"{'shared' if shared else 'one daemon'}), "
                                  f"CRASH_SEED={seed}: {e}") from e
