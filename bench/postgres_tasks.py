@@ -23,8 +23,10 @@ tests/test_postgres_multi.py; each set of daemons gets a database of its own.
 - Submits/s, 8 clients: bench/submit.py's clients against daemons parked behind
   one `sleep` (one task slot): files, PostgreSQL with 1 daemon, with 3 daemons
   (client i submits to daemon i mod 3).
-- Takeover: two daemons with the scale's lease; a chain of 20 `sleep 0.1` tasks
-  submitted to one; after 3 succeeded it is killed (SIGKILL); time until the
+- Takeover: two daemons with the scale's lease; a chain of `sleep 0.1` tasks
+  submitted to one; it is killed (SIGKILL) after 3 succeeded, at points spread
+  evenly over a lease round (every lease/3 s each daemon renews its leases
+  and claims expired ones: where the kill falls decides); time until the
   other holds the workflow's lease (its ``workflow_leases`` row has another
   owner) and until the workflow has finished; the killed daemon is restarted
   for the next round. Target: takeover <= lease + 2 s. The full run uses the
@@ -59,7 +61,12 @@ NUMBER, TITLE = 13, "PostgreSQL, several daemons"
 PARALLEL = 10
 WORKFLOW_TASKS = 50
 DEFAULT_LEASE_S = 15.0  # config.defaults.toml: the heartbeat rate of a real setup
-CHAIN, KILL_AFTER = 20, 3
+KILL_AFTER, STEP_S = 3, 0.1  # the takeover workflow: a chain of `sleep 0.1` tasks
+
+
+def chain_length(lease_s: float) -> int:
+    """Long enough to still run when the kill comes, up to a lease round late."""
+    return KILL_AFTER + 10 + int(lease_s / 3 / STEP_S)
 
 
 @dataclass(frozen=True)
@@ -218,16 +225,21 @@ def poll(check: Callable[[], Any], deadline_s: float, what: str, pause: float) -
 
 
 def one_takeover(victim: ForegroundDaemon, peer: ForegroundDaemon, dsn: str,
-                 lease_s: float) -> tuple[float, float]:
-    """(kill -> a peer holds the lease, kill -> the workflow finished), seconds."""
+                 lease_s: float, phase: float) -> tuple[float, float]:
+    """(kill -> a peer holds the lease, kill -> the workflow finished), seconds.
+    The kill comes `phase` (0 to 1) of a lease round after the KILL_AFTER-th
+    task succeeded: the submit's NOTIFY woke every daemon at once, so their
+    rounds (every lease/3) keep that rhythm and where the kill falls in it
+    decides how much of the lease is left."""
     import psycopg
 
     me = victim.request("GET", "/health")["daemon_id"]
     wid = victim.submit({"workflow": {"name": "takeover"}, "tasks": [
-        {"id": f"s{i}", "op": "shell.run", "params": {"argv": ["sleep", "0.1"]},
-         "depends_on": [f"s{i - 1}"] if i else []} for i in range(CHAIN)]})
+        {"id": f"s{i}", "op": "shell.run", "params": {"argv": ["sleep", str(STEP_S)]},
+         "depends_on": [f"s{i - 1}"] if i else []} for i in range(chain_length(lease_s))]})
     poll(lambda: victim.request("GET", f"/workflows/{wid}")["counts"].get("succeeded", 0)
          >= KILL_AFTER, 60, f"{KILL_AFTER} tasks to succeed", 0.02)
+    time.sleep(phase * lease_s / 3)  # not a wait for a condition: where the kill falls
     with psycopg.connect(dsn, autocommit=True) as conn:
         victim.kill()
         t0 = time.perf_counter()
@@ -254,7 +266,8 @@ def measure_takeover(s: Scale, tmp: Path, admin: str) -> dict[str, list[float]]:
         assert dsn is not None
         for r in range(s.takeovers):
             victim, peer = ds[r % 2], ds[(r + 1) % 2]
-            leased, done = one_takeover(victim, peer, dsn, s.lease_s)
+            phase = (r + 0.5) / s.takeovers  # spread evenly over a lease round
+            leased, done = one_takeover(victim, peer, dsn, s.lease_s, phase)
             out["leased"].append(leased)
             out["done"].append(done)
             victim.spawn()  # the same data dir: the same daemon id, back for the next round
@@ -323,8 +336,10 @@ def other_rows(s: Scale, sub: dict[str, list[float]], tk: dict[str, list[float]]
                                                              label="<= lease + 2 s"),
                               note="2 daemons; workflow_leases row with another owner"),
              row_from_samples("kill -9 of the owner -> its workflow finished", tk["done"], "s",
-                              reference=lease, note=f"a chain of {CHAIN} x sleep 0.1, killed "
-                                                    f"after {KILL_AFTER} succeeded")]
+                              reference=lease,
+                              note=f"a chain of {chain_length(s.lease_s)} x sleep {STEP_S:g}; "
+                                   f"the kill spread over a lease round after {KILL_AFTER} "
+                                   "succeeded")]
     return rows
 
 
