@@ -283,8 +283,10 @@ def unavailable() -> str:
                 "(bench/with_postgres.sh starts a throwaway server)")
     try:
         import psycopg
+
+        import tests.pg_fixture  # noqa: F401 - makes the databases; needs pytest
     except ImportError as e:
-        return f"peer unavailable: {e} (pip install '.[postgres]')"
+        return f"peer unavailable: {e} (pip install -e '.[test,postgres]')"
     try:
         psycopg.connect(admin, connect_timeout=10).close()
     except psycopg.Error as e:
