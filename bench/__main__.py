@@ -8,7 +8,9 @@ table as markdown for docs/performance.md.
 
 Figures: 1 cli, 2 submit, 3 tasks, 4 pyops, 5 dag, 6 recovery, 7 idle,
 8 autostart, 9 zygote, 10 nickel (bench/nickel_load.py),
-11 ssh (bench/ssh_install.py; only with `--only ssh`). Some call the single-purpose
+11 ssh (bench/ssh_install.py; only with `--only ssh`), 13 postgres
+(bench/postgres_tasks.py; only with `--only postgres`: it needs a PostgreSQL,
+bench/with_postgres.sh starts one). Some call the single-purpose
 scripts beside this file
 (submit.py, idle.py, autostart.py, engine_dag.py) as subprocesses and parse
 their JSON or text output; those scripts stay runnable on their own.
@@ -38,7 +40,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-from bench import nickel_load, peers, report, ssh_install  # noqa: E402
+from bench import nickel_load, peers, postgres_tasks, report, ssh_install  # noqa: E402
 from bench.report import Figure, Row, Target, row_from_samples  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -549,12 +551,16 @@ def fig_autostart(s: Scale, tmp: Path) -> Figure:
 FIGURES = {"cli": 1, "submit": 2, "tasks": 3, "pyops": 4, "dag": 5, "recovery": 6, "idle": 7,
            "autostart": 8, "zygote": 9, "nickel": 10}
 FIGURES["ssh"] = 11  # bench/ssh_install.py
+FIGURES["postgres"] = 13  # bench/postgres_tasks.py (12 is bench/cloud_create.py, on its own)
 TITLES = {1: "CLI start", 2: "Submit (HTTP, durable)", 3: "Task execution",
           4: "Python business-logic ops", 5: "DAG scale", 6: "Recovery after kill -9",
           7: "Idle daemon", 8: "Cold auto-start", 9: "Python zygote",
           10: "Nickel workflow files"}
 TITLES[11] = "Taskserv on 10 ssh hosts"
-OPT_IN = {11}  # only with --only: needs root, openssh-server, and installs Ansible + pyinfra
+TITLES[13] = postgres_tasks.TITLE
+# only with --only: 11 needs root, openssh-server, and installs Ansible + pyinfra;
+# 13 a PostgreSQL server ($PROVISIONING_TEST_PG_DSN: bench/with_postgres.sh)
+OPT_IN = {11, 13}
 
 
 def parse_only(values: list[str]) -> list[int]:
@@ -563,7 +569,9 @@ def parse_only(values: list[str]) -> list[int]:
         for name in filter(None, (x.strip() for x in v.split(","))):
             num = FIGURES.get(name) or (int(name) if name.isdigit() else 0)
             if num not in TITLES:
-                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} or 1-10)")
+                numbers = ", ".join(map(str, TITLES))
+                raise ValueError(f"unknown figure '{name}' (one of {', '.join(FIGURES)} "
+                                 f"or {numbers})")
             chosen.append(num)
     return sorted(set(chosen)) or [n for n in TITLES if n not in OPT_IN]
 
@@ -584,7 +592,9 @@ def run_figure(num: int, s: Scale, lazy_peers: dict[str, peers.Peer]) -> Figure:
                7: lambda: fig_idle(s, tmp), 8: lambda: fig_autostart(s, tmp),
                9: lambda: fig_zygote(s, tmp),
                10: lambda: nickel_load.figure(s.quick, tmp),
-               11: lambda: ssh_install.figure(s.quick, tmp)}[num]()
+               11: lambda: ssh_install.figure(s.quick, tmp),
+               13: lambda: postgres_tasks.figure(
+                   postgres_tasks.QUICK if s.quick else postgres_tasks.FULL, tmp)}[num]()
     except Exception as e:  # one broken figure must not hide the others
         traceback.print_exc(file=sys.stderr)
         fig = Figure(num, TITLES[num], rows=[Row(TITLES[num], error=str(e)[:300] or repr(e))])

@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 from engine_dag import make_dag  # noqa: E402
-from submit import BenchDaemon  # noqa: E402
+from submit import BenchDaemon, blocker_workflow  # noqa: E402
 
 from tests.browser import running_chromium, unavailable_reason  # noqa: E402
 
@@ -77,9 +77,7 @@ def _request(d: BenchDaemon, conn, method: str, path: str, body: dict | None = N
 
 def _park(d: BenchDaemon, conn) -> None:
     """Take the daemon's one task slot with a long sleep: what follows stays queued."""
-    _request(d, conn, "POST", "/workflows", {"workflow": {"name": "park"},
-                                             "tasks": [{"id": "sleep", "op": "shell.run",
-                                                        "params": {"argv": ["sleep", "600"]}}]})
+    _request(d, conn, "POST", "/workflows", blocker_workflow(600))
 
 
 def _signed_in_page(browser, d: BenchDaemon, conn, viewport=(1400, 800)):

@@ -60,15 +60,18 @@ class ForegroundDaemon:
     """One data dir and port; the daemon runs in the foreground as our child, so
     we hold its pid and can SIGKILL exactly it (never a pid read from a file)."""
 
-    def __init__(self, base: Path, *, max_concurrent_tasks: int = 1):
+    def __init__(self, base: Path, *, max_concurrent_tasks: int = 1,
+                 storage: dict[str, str | bool | float] | None = None):
         self.base = base
         base.mkdir(mode=0o700)
         self.data = base / "data"
         self.port = free_port()
         self.config = base / "orchestrator.toml"
+        # more [storage] settings (backend = "postgres"...); json.dumps writes TOML values
+        more = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (storage or {}).items())
         self.config.write_text(
             f'[server]\nhost = "127.0.0.1"\nport = {self.port}\n'
-            f'[storage]\ndata_dir = "{self.data}"\n'
+            f'[storage]\ndata_dir = "{self.data}"\n{more}'
             f'[executor]\nmax_concurrent_tasks = {max_concurrent_tasks}\n'
             'shutdown_grace_seconds = 1\nkill_grace_seconds = 1\n')
         self.env = {k: v for k, v in os.environ.items()

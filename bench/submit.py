@@ -98,6 +98,13 @@ def single_client(d: BenchDaemon, n: int) -> dict[str, float]:
             "max_ms": max(samples) * 1000, "rate_per_s": n / sum(samples)}
 
 
+def blocker_workflow(seconds: int = 3600) -> dict:
+    """One `sleep` task: submitted first to a daemon with one task slot, it parks the
+    executor, so what follows stays queued and only the submit path is measured."""
+    return {"workflow": {"name": "blocker"}, "tasks": [
+        {"id": "block", "op": "shell.run", "params": {"argv": ["sleep", str(seconds)]}}]}
+
+
 def _client(port: int, token: str, count: int, go, done) -> None:
     d = BenchDaemon.__new__(BenchDaemon)
     d.port, d.token = port, token
@@ -109,11 +116,15 @@ def _client(port: int, token: str, count: int, go, done) -> None:
     done.put(time.perf_counter())
 
 
-def many_clients(d: BenchDaemon, clients: int, per_client: int) -> dict[str, float]:
+def many_clients(d: BenchDaemon | list, clients: int, per_client: int) -> dict[str, float]:
+    """`clients` processes submitting at once; given several daemons (anything with
+    `port` and `token`), client i submits to daemon i modulo their number."""
+    ds = d if isinstance(d, list) else [d]
     ctx = multiprocessing.get_context("fork")
     go, done = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(d.port, d.token, per_client, go, done))
-             for _ in range(clients)]
+    procs = [ctx.Process(target=_client, args=(ds[i % len(ds)].port, ds[i % len(ds)].token,
+                                               per_client, go, done))
+             for i in range(clients)]
     for p in procs:
         p.start()
     time.sleep(1.0)  # let every client connect and warm up before the start signal
@@ -140,8 +151,7 @@ def main() -> int:
     d = BenchDaemon(base, fsync=not args.no_fsync).start()
     try:
         conn = d.connect()
-        d.post(conn, json.dumps({"workflow": {"name": "blocker"}, "tasks": [
-            {"id": "block", "op": "shell.run", "params": {"argv": ["sleep", "3600"]}}]}).encode())
+        d.post(conn, json.dumps(blocker_workflow()).encode())
         conn.close()
         single = single_client(d, args.n)
         multi = many_clients(d, args.clients, args.per_client)

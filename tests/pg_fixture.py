@@ -36,10 +36,15 @@ def admin_dsn() -> str:
 
 def fresh_database() -> tuple[str, Callable[[], None]]:
     """(DSN of a new empty database, drop it)."""
+    return create_database(admin_dsn())
+
+
+def create_database(admin: str, prefix: str = "t") -> tuple[str, Callable[[], None]]:
+    """(DSN of a new empty database on the server of ``admin``, drop it); no
+    pytest in it: bench/postgres_tasks.py makes its databases with it too."""
     import psycopg  # lazy: only the postgres tests need the extra
 
-    admin = admin_dsn()
-    name = f"t_{uuid.uuid4().hex[:16]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
 

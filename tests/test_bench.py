@@ -12,6 +12,7 @@ import pytest
 
 from bench import report
 from bench.report import Figure, Row, Target
+from tests import pg_fixture  # at import: it reads PROVISIONING_TEST_PG_* before `isolated`
 from tests.conftest import REPO
 
 FIGURES = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
@@ -75,3 +76,48 @@ def test_report_computes_ratios_targets_and_renders_unavailable_peers(tmp_path):
     assert saved["figures"][0]["rows"][1]["target"] == "<= 2x"
     assert saved["figures"][0]["rows"][1]["passed"] is False
     assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_the_postgres_figure_is_opt_in_and_named():
+    from bench.__main__ import OPT_IN, parse_only
+
+    assert 13 in OPT_IN and 13 not in parse_only([])
+    assert parse_only(["postgres"]) == [13] == parse_only(["13"])
+
+
+def test_the_postgres_figure_without_a_server_says_why(tmp_path):
+    from bench import postgres_tasks
+
+    fig = postgres_tasks.figure(postgres_tasks.TINY, tmp_path)  # isolated: no PROVISIONING_*
+    assert [r.unavailable for r in fig.rows] == [
+        "peer unavailable: no PostgreSQL: PROVISIONING_TEST_PG_DSN is unset "
+        "(bench/with_postgres.sh starts a throwaway server)"]
+
+
+@pytest.mark.slow
+def test_the_postgres_figure_runs_with_tiny_sizes(tmp_path, monkeypatch):
+    """Figure 13 end to end on the test server, tiny: 12 tasks on files and on
+    1 and 2 daemons, a few submits, one takeover with a 1 s lease. Only the
+    report's shape is checked, never a time."""
+    from bench import postgres_tasks
+
+    monkeypatch.setenv("PROVISIONING_TEST_PG_DSN", pg_fixture.admin_dsn())
+    if pg_fixture._ENV["DATA"]:
+        monkeypatch.setenv("PROVISIONING_TEST_PG_DATA", pg_fixture._ENV["DATA"])
+    fig = report.finish(postgres_tasks.figure(postgres_tasks.TINY, tmp_path))
+    assert fig.number == 13 and len(fig.rows) >= 12
+    for r in fig.rows:
+        assert not r.error, r
+        if r.unavailable:
+            assert r.unavailable.startswith("peer unavailable: "), r
+            continue
+        assert _is_number(r.median) and r.min <= r.median <= r.max, r
+        if r.target:
+            assert r.passed in (True, False), r
+        if r.reference:
+            assert _is_number(r.ratio), r
+    names = [r.name for r in fig.rows]
+    assert "daemon CPU/task, postgres, 2 daemons" in names
+    assert "kill -9 of the owner -> a peer holds the lease" in names
+    text = report.render_text([fig])
+    assert "-- 13. PostgreSQL, several daemons" in text
