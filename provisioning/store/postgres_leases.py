@@ -72,6 +72,18 @@ def claim(conn: Any, me: str, lease_s: float, limit: int, *,
         return dict(cur.fetchall())
 
 
+def next_expiry(conn: Any, me: str) -> float | None:
+    """Seconds until the first lease of another daemon runs out (by the database's
+    clock; <= 0: already out), None when there is none: a peer's next claim is timed
+    by it, so a dead owner's workflows are taken within the lease plus one round trip
+    instead of up to a third of a lease later."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM min(expires_at) - now())::float8 "
+                    "FROM workflow_leases WHERE owner <> %s", (me,))
+        row = cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+
 def heartbeat(conn: Any, me: str, lease_s: float, *, pid: int,
               endpoint: str | None = None) -> dict[str, int]:
     """This daemon's heartbeat and its leases renewed: {workflow id: epoch}

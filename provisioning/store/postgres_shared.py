@@ -17,7 +17,9 @@ daemon owns whole workflows under leases (postgres_leases.py, README
   a workflow recorded finished gives its lease up.
 - ``start_leases`` runs the lease thread on a connection of its own: a
   heartbeat (daemon row and leases renewed) every third of the lease, and
-  claims of free or expired workflows, handed to ``on_adopt`` (the engine
+  claims of free or expired workflows — also just after a peer's lease is due
+  to run out (postgres_leases.next_expiry), so a dead owner's workflows are
+  taken within the lease plus a round trip — handed to ``on_adopt`` (the engine
   loads them: their in-flight tasks re-run, finished ones never). Between
   rounds it waits on LISTEN (offer, release, finish) with the round's
   interval as the timeout: no busy polling. A lease found lost calls
@@ -48,6 +50,7 @@ log = logging.getLogger("provisioning.store")
 
 CLAIM_BATCH = 50  # workflows one claim takes at most (the next round takes more)
 CLAIM_AT_LOAD = 100_000
+EXPIRY_MARGIN_S = 0.05  # a claim this long after a peer's lease ran out (clock rounding)
 
 
 def daemon_id(data_paths: DataPaths) -> str:
@@ -182,8 +185,8 @@ class SharedPostgresStore(PostgresStore):
                 if conn is None or conn.closed or conn.broken:
                     conn = schema.connect(self.dsn_for_leases)
                     leases.listen(conn)
-                self._round(conn, on_adopt, on_lost)
-                leases.wait_for_notify(conn, interval)
+                wait = self._round(conn, on_adopt, on_lost)
+                leases.wait_for_notify(conn, min(interval, wait))
             except (schema.DatabaseUnavailable, self.session.pg.OperationalError) as e:
                 log.warning("lease round failed (%s); trying again", " ".join(str(e).split()))
                 if conn is not None:
@@ -200,7 +203,9 @@ class SharedPostgresStore(PostgresStore):
     def dsn_for_leases(self) -> str:
         return self.session.dsn
 
-    def _round(self, conn: Any, on_adopt: Callable, on_lost: Callable) -> None:
+    def _round(self, conn: Any, on_adopt: Callable, on_lost: Callable) -> float:
+        """One heartbeat and claim; the seconds until the next round is due at the
+        latest (a peer's lease running out sooner: just after it runs out)."""
         with self._held_lock:
             before = dict(self.held)
         still = leases.heartbeat(conn, self.daemon_id, self.lease_s, pid=os.getpid(),
@@ -215,9 +220,9 @@ class SharedPostgresStore(PostgresStore):
             log.error("lost the lease of workflows %s (another daemon has them now)",
                       ", ".join(sorted(lost)))
             on_lost(lost)
-            return
+            return 0.0
         if self._stop.is_set():
-            return
+            return 0.0
         got = leases.claim(conn, self.daemon_id, self.lease_s, CLAIM_BATCH)
         if got:
             with self._held_lock:
@@ -228,6 +233,10 @@ class SharedPostgresStore(PostgresStore):
             # heartbeats must go on meanwhile (or this daemon's own leases run out).
             threading.Thread(target=on_adopt, args=(workflows, tasks), name="pg-adopt",
                              daemon=True).start()
+        if len(got) >= CLAIM_BATCH:
+            return 0.0  # more may be free: claim again now
+        expiry = leases.next_expiry(conn, self.daemon_id)
+        return float("inf") if expiry is None else max(EXPIRY_MARGIN_S, expiry + EXPIRY_MARGIN_S)
 
     def peers(self) -> list[dict[str, Any]]:
         """Every daemon of the database and its last heartbeat (for /health)."""
