@@ -72,7 +72,8 @@ class PostgresStore(Store):
     group_commit = True  # a batch costs a round trip and the server's WAL flush
 
     def __init__(self, dsn: str, data_paths: DataPaths, *,
-                 on_fenced: Callable[[], None] | None = None):
+                 on_fenced: Callable[[], None] | None = None,
+                 idle_in_transaction_s: float | None = None):
         """Connects, and checks (or, in an empty database, creates) the schema:
         raises DatabaseUnavailable or SchemaMismatch, never a driver's error."""
         self.paths = data_paths
@@ -84,7 +85,8 @@ class PostgresStore(Store):
         # Events read by load() for the engine's start (one query instead of one per
         # workflow); each workflow's taken once by load_events, dropped on any event write.
         self._prefetched: dict[str, list[str]] | None = None
-        self.session = Session(dsn, on_fenced=on_fenced)  # on_fenced: postgres_session.py
+        self.session = Session(dsn, on_fenced=on_fenced,  # both: postgres_session.py
+                               idle_in_transaction_s=idle_in_transaction_s)
         self.run = self.session.run  # work(connection) under its lock (postgres_session.py)
 
     # -- writes ----------------------------------------------------------------------

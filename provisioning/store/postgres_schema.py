@@ -118,14 +118,22 @@ def describe(dsn: str) -> str:
     return f"{host}:{port}/{info.get('dbname') or '(default database)'}"
 
 
-def connect(dsn: str, *, autocommit: bool = True) -> Any:
+def connect(dsn: str, *, autocommit: bool = True,
+            idle_in_transaction_s: float | None = None) -> Any:
     """A connection, or DatabaseUnavailable naming where (never the password).
     An empty DSN uses libpq's PG* environment variables alone. Autocommit:
-    every use opens its own ``conn.transaction()``, none is left idle in one."""
+    every use opens its own ``conn.transaction()``, none is left idle in one.
+    ``idle_in_transaction_s``: the server ends the session when it sits that
+    long inside a transaction (a daemon stalled mid-batch would otherwise hold
+    its row locks, and its peers' claims skip locked rows: no takeover)."""
     pg = require_driver()
     try:
-        return pg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S,
+        conn = pg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_S,
                           application_name="provisioning-orchestrator")
+        if idle_in_transaction_s is not None:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                         (f"{max(1, round(idle_in_transaction_s * 1000))}ms",))
+        return conn
     except pg.Error as e:
         reason = " ".join(str(e).split())
         raise DatabaseUnavailable(f"cannot reach the PostgreSQL database at {describe(dsn)}: "

@@ -40,11 +40,13 @@ LOCK_WAIT_S = 5.0  # how long take_daemon_lock looks for that lock to be free
 
 
 class Session:
-    def __init__(self, dsn: str, *, on_fenced: Callable[[], None] | None = None):
+    def __init__(self, dsn: str, *, on_fenced: Callable[[], None] | None = None,
+                 idle_in_transaction_s: float | None = None):
         """Connects, and checks (or, in an empty database, creates) the schema:
         raises DatabaseUnavailable or SchemaMismatch, never a driver's error.
         ``on_fenced`` is called once when another daemon is found to have taken
-        the database over (the daemon stops itself: it must not start tasks)."""
+        the database over (the daemon stops itself: it must not start tasks).
+        ``idle_in_transaction_s``: as postgres_schema.connect, on every connection."""
         self.pg = schema.require_driver()
         self.dsn = dsn
         self.where = schema.describe(dsn)
@@ -56,7 +58,8 @@ class Session:
         self._taken_over: str | None = None
         self._refused: schema.DatabaseUnavailable | None = None
         self._on_fenced = on_fenced
-        self._conn: Any = schema.connect(dsn)
+        self._idle_s = idle_in_transaction_s
+        self._conn: Any = schema.connect(dsn, idle_in_transaction_s=idle_in_transaction_s)
         try:
             schema.check_version(self._conn)
         except BaseException:
@@ -110,7 +113,7 @@ class Session:
                 f"the PostgreSQL database at {self.where} is unavailable; reconnecting "
                 f"in {self._next_try - now:.1f}s", hint="retry shortly")
         try:
-            self._conn = schema.connect(self.dsn)
+            self._conn = schema.connect(self.dsn, idle_in_transaction_s=self._idle_s)
         except schema.DatabaseUnavailable:
             self._next_try = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)

@@ -69,7 +69,11 @@ def daemon_id(data_paths: DataPaths) -> str:
 class SharedPostgresStore(PostgresStore):
     def __init__(self, dsn: str, data_paths: DataPaths, *, lease_s: float,
                  on_fenced: Callable[[], None] | None = None):
-        super().__init__(dsn, data_paths, on_fenced=on_fenced)
+        # A daemon stalled inside a batch holds its lease rows locked (FOR SHARE) and
+        # claims skip locked rows: the server ends such a session well within the lease.
+        self.idle_in_transaction_s = max(1.0, float(lease_s) / 2)
+        super().__init__(dsn, data_paths, on_fenced=on_fenced,
+                         idle_in_transaction_s=self.idle_in_transaction_s)
         self.daemon_id = daemon_id(data_paths)
         self.lease_s = float(lease_s)
         self.held: dict[str, int] = {}  # workflow id -> epoch it was claimed with
@@ -183,7 +187,8 @@ class SharedPostgresStore(PostgresStore):
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed or conn.broken:
-                    conn = schema.connect(self.dsn_for_leases)
+                    conn = schema.connect(self.dsn_for_leases,
+                                          idle_in_transaction_s=self.idle_in_transaction_s)
                     leases.listen(conn)
                 wait = self._round(conn, on_adopt, on_lost)
                 leases.wait_for_notify(conn, min(interval, wait))
