@@ -127,6 +127,8 @@ class PostgresStore(Store):
                         rows = [r for r in rows if r[at] not in skip]
                     if rows:
                         cur.executemany(sql, rows)
+                if event_rows:
+                    self._events_written(cur, {r[0] for r in event_rows} - skip)
 
         if event_rows:
             self._prefetched = None
@@ -138,6 +140,10 @@ class PostgresStore(Store):
         rows must not be written. One daemon per database: none (the shared
         mode fences here, postgres_shared.py)."""
         return set()
+
+    def _events_written(self, cur: Any, workflow_ids: set[str]) -> None:
+        """In a batch's transaction, after its events: nothing here (the
+        shared mode NOTIFYs the daemons long-polling them, postgres_peers.py)."""
 
     def _first_rows(self, cur: Any, initial: dict[str, list[str]]) -> list[tuple]:
         cur.execute("SELECT rec::text FROM workflows WHERE id = ANY(%s)", (list(initial),))
