@@ -18,12 +18,16 @@ from pathlib import Path
 
 import pytest
 
+from provisioning.paths import DataPaths
 from tests.conftest import run_cli, wait_for
 from tests.pg_fixture import fresh_database
 from tests.test_postgres_multi import daemons, dsn, rows  # noqa: F401 - dsn is a fixture
+from tests.test_store import make
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+from provisioning.store import postgres_peers as peering  # noqa: E402 - needs psycopg
 from provisioning.store import postgres_schema as schema  # noqa: E402 - needs psycopg
+from provisioning.store.postgres_shared import SharedPostgresStore  # noqa: E402 - psycopg
 
 # $1 task id, $2 the test's dir. "fail*" fails until $2/fixed exists; "gate*"
 # waits for $2/open (inside the task: the test itself never sleeps).
@@ -168,6 +172,27 @@ def test_cancel_and_retry_through_another_daemon(tmp_path, dsn):  # noqa: F811
         d.stop()
 
 
+def test_cancel_through_a_daemon_after_the_owner_was_killed(tmp_path, dsn):  # noqa: F811
+    a, b = daemons(tmp_path, dsn, 2)
+    wid = submit(a, workflow(tmp_path, "gate-1", "gate-2"))
+    for tid in ("gate-1", "gate-2"):
+        wait_for(lambda tid=tid: task_status(b, f"{wid}.{tid}") == "running", timeout=60,
+                 what=f"{tid} running")
+    a.kill()  # its lease is still live: the request waits for it to expire, then B claims
+    status, view = b.request("POST", f"/workflows/{wid}/cancel", timeout=60)
+    assert status == 200 and view["workflow_id"] == wid, view
+    view = b.wait_workflow(wid, timeout=60)
+    assert view["status"] == "cancelled", view
+    assert {t["status"] for t in view["tasks"]} == {"cancelled"}
+    for tid in ("gate-1", "gate-2"):  # B's adoption killed what A left running
+        pid = int((tmp_path / f"{tid}.pid").read_text())
+        wait_for(lambda pid=pid: gone(pid), timeout=30, what=f"{tid}'s process to stop")
+    assert effects(tmp_path) == []
+    assert rows(dsn, "SELECT count(*) FROM workflow_requests") == [(0,)]
+    assert rows(dsn, "SELECT * FROM workflow_leases") == []
+    b.stop()
+
+
 def test_the_cli_pointed_at_another_daemon(tmp_path, dsn):  # noqa: F811
     a, b = daemons(tmp_path, dsn, 2)
     wid = submit(a, workflow(tmp_path, "gate-1"))
@@ -209,3 +234,50 @@ def test_schema_version_3_adds_the_request_table_and_migrates_a_version_2_databa
         conn.close()
     finally:
         drop()
+
+
+def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
+        tmp_path, dsn, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(peering, "RECHECK_S", 120.0)  # only a NOTIFY can end the waits below
+    a = SharedPostgresStore(dsn, DataPaths(tmp_path / "a"), lease_s=60)
+    b = SharedPostgresStore(dsn, DataPaths(tmp_path / "b"), lease_s=60)
+    try:
+        a.load()
+        b.load()
+        wf, tasks = make()
+        wid = wf["id"]
+        a.add_workflow(wf, tasks)  # a owns it
+        assert b.peer_events(wid, 0, 100, 0) == []
+        assert b.peer_events("0" * 8 + "-0000-0000-0000-" + "0" * 12, 0, 100, 0) is None
+        (listed, counts), = b.peer_workflows(set())
+        assert listed["id"] == wid and counts == {"queued": len(tasks)}
+        assert b.peer_workflows({wid}) == []
+        assert b.claim_workflow(wid) is None  # a live daemon holds it
+
+        got: dict = {}
+        poller = threading.Thread(target=lambda: got.update(events=b.peer_events(wid, 0, 100, 90)))
+        poller.start()
+        wait_for(lambda: wid in b._listener._watchers, timeout=30, what="the long poll waiting")
+        a.commit_batch(events=[(wid, {"type": "workflow", "status": "running", "seq": 1})])
+        poller.join(timeout=60)  # woken by the NOTIFY of a's batch (no re-check for 120 s)
+        assert not poller.is_alive() and [e["status"] for e in got["events"]] == ["running"]
+
+        answers = iter([{"view": {"workflow_id": wid, "status": "cancelled"}},
+                        {"error": "nope", "hint": "later", "http_status": 409}])
+        applied: list = []
+
+        def on_request(workflow_id: str, action: str) -> dict:
+            applied.append((workflow_id, action))
+            return next(answers)
+
+        a.start_leases(on_adopt=lambda *_: None, on_lost=lambda _: None, on_request=on_request)
+        assert b.ask_owner(wid, "cancel", 60) == {"view": {"workflow_id": wid,
+                                                            "status": "cancelled"}}
+        assert b.ask_owner(wid, "retry", 60) == {"error": "nope", "hint": "later",
+                                                  "http_status": 409}
+        assert applied == [(wid, "cancel"), (wid, "retry")]
+        assert rows(dsn, "SELECT count(*) FROM workflow_requests") == [(0,)]
+        assert a.ask_owner(wid, "cancel", 60) is None  # its own: nobody else to ask
+    finally:
+        a.close()
+        b.close()

@@ -176,8 +176,8 @@ def request(conn: Any, me: str, workflow_id: str, action: str) -> int | None:
                     "AND owner <> %s AND expires_at >= now()", (workflow_id, me))
         if cur.fetchone() is None:
             return None
-        cur.execute("INSERT INTO workflow_requests (workflow_id, action) VALUES (%s, %s) "
-                    "RETURNING id", (workflow_id, action))
+        cur.execute("INSERT INTO workflow_requests (workflow_id, action, asked_by) "
+                    "VALUES (%s, %s, %s) RETURNING id", (workflow_id, action, me))
         (request_id,) = cur.fetchone()
         cur.execute("SELECT pg_notify(%s, 'request')", (leases.CHANNEL,))
         return int(request_id)
@@ -185,13 +185,15 @@ def request(conn: Any, me: str, workflow_id: str, action: str) -> int | None:
 
 def take(conn: Any, me: str) -> list[tuple[int, str, str]]:
     """The owner's side: the open requests about workflows ``me`` holds,
-    now taken by it (id, workflow id, action); requests older than a
-    receiver waits are left (nobody waits for them) and later deleted."""
+    now taken by it (id, workflow id, action). Not its own (it asked while
+    another held the workflow, then claimed it: it applies them itself,
+    outcome() says "orphaned"), nor those older than a receiver waits
+    (nobody waits for them; deleted after an hour)."""
     with conn.transaction(), conn.cursor() as cur:
         cur.execute("DELETE FROM workflow_requests WHERE created_at < now() - interval '1 hour'")
         cur.execute("UPDATE workflow_requests r SET taken_by = %(me)s FROM workflow_leases l "
                     "WHERE r.workflow_id = l.workflow_id AND l.owner = %(me)s "
-                    "AND r.taken_by IS NULL AND r.done_at IS NULL "
+                    "AND r.taken_by IS NULL AND r.done_at IS NULL AND r.asked_by <> %(me)s "
                     "AND r.created_at > now() - make_interval(secs => %(wait)s) "
                     "RETURNING r.id, r.workflow_id, r.action", {"me": me, "wait": STALE_REQUEST_S})
         return [(int(i), w, a) for i, w, a in cur.fetchall()]

@@ -90,6 +90,7 @@ MIGRATIONS: dict[int, list[str]] = {
             id bigserial PRIMARY KEY,
             workflow_id text NOT NULL,
             action text NOT NULL,
+            asked_by text NOT NULL,
             created_at timestamptz NOT NULL DEFAULT now(),
             taken_by text,
             done_at timestamptz,
