@@ -9,10 +9,10 @@ ahead of them. Task processes still write their log and checkpoint to local
 files under the data dir (``task_log_path``); the log of a task that
 finished is copied into ``task_logs``, so any daemon can show it.
 
-One daemon per database, for now: postgres_session.py holds the connection,
-its reconnect backoff and the one-daemon lock that ``load()`` takes.
-Several daemons sharing one queue (claims under leases) are the next step,
-README "Running several orchestrators". A call whose connection broke raises
+One daemon per database by default: postgres_session.py holds the
+connection, its reconnect backoff and the one-daemon lock that ``load()``
+takes. Several daemons sharing one database under workflow leases:
+postgres_shared.py (README "Running several orchestrators"). A call whose connection broke raises
 DatabaseUnavailable (HTTP 503): the engine's committer keeps the records and
 writes them again with its next batch, and a submission is never
 acknowledged before its transaction committed.
