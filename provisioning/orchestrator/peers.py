@@ -38,11 +38,13 @@ from provisioning.errors import (
     UsageError,
     http_status_of,
 )
+from provisioning.polling import wait_until
 
 log = logging.getLogger("provisioning.orchestrator")
 
 MAX_EVENTS_PER_CALL = 1000
 REQUEST_WAIT_S = 30.0  # for the owner's outcome of a cancel or retry, then 503
+ADOPTION_WAIT_S = 10.0  # the owner's side: for a workflow it claimed to be loaded
 ERRORS_BY_STATUS: dict[int, type[ProvisioningError]] = {
     400: UsageError, 404: NotFound, 409: Conflict, 503: ServiceUnavailable}
 
@@ -167,6 +169,8 @@ def serve_request(engine: Engine, workflow_id: str, action: str) -> dict[str, An
     try:
         if action not in ("cancel", "retry"):
             raise UsageError(f"unknown action {action!r}")
+        # Its lease is this daemon's, but a claim's adoption may still be loading it
+        wait_until(lambda: engine.flows.get(workflow_id) is not None, ADOPTION_WAIT_S)
         return {"view": getattr(engine, action)(workflow_id)}
     except ProvisioningError as e:
         return {"error": e.message, "hint": e.hint, "http_status": http_status_of(e)}
