@@ -257,7 +257,8 @@ def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
         got: dict = {}
         poller = threading.Thread(target=lambda: got.update(events=b.peer_events(wid, 0, 100, 90)))
         poller.start()
-        wait_for(lambda: wid in b._listener._watchers, timeout=30, what="the long poll waiting")
+        wait_for(lambda: wid in b._listener._watchers and b._listener.listening.is_set(),
+                 timeout=30, what="the long poll waiting, its listener subscribed")
         a.commit_batch(events=[(wid, {"type": "workflow", "status": "running", "seq": 1})])
         poller.join(timeout=60)  # woken by the NOTIFY of a's batch (no re-check for 120 s)
         assert not poller.is_alive() and [e["status"] for e in got["events"]] == ["running"]

@@ -57,6 +57,7 @@ class Listener:
         self._watchers: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.listening = threading.Event()  # subscribed now (tests wait for it)
 
     def start(self) -> None:
         with self._cond:
@@ -95,6 +96,8 @@ class Listener:
                 conn = schema.connect(self.dsn)
                 conn.execute(f"LISTEN {EVENTS}")
                 conn.execute(f"LISTEN {DONE}")
+                self.listening.set()
+                self._wake_all()  # what was notified before LISTEN is missed: look again
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=1.0):  # 1 s: to see _stop
                         with self._cond:
@@ -106,8 +109,15 @@ class Listener:
                             " ".join(str(e).split()))
                 self._stop.wait(RECHECK_S)
             finally:
+                self.listening.clear()
                 if conn is not None:
                     conn.close()
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            for key in self._seen:
+                self._seen[key] += 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         self._stop.set()
