@@ -216,8 +216,9 @@ class Store(abc.ABC):
         return None
 
     def release_workflow(self, workflow_id: str) -> None:
-        """Give back the lease ``claim_workflow`` took of a workflow that is
-        still finished (the call applied to it was refused); nothing by default."""
+        """Give back the lease ``claim_workflow`` took when the engine did not
+        keep the workflow (a refused call to a finished one, or a daemon
+        shutting down that adopts nothing); nothing by default."""
         return None
 
     # -- lifecycle -------------------------------------------------------------------

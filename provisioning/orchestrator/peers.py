@@ -29,7 +29,7 @@ from typing import Any
 
 from provisioning import model
 from provisioning.engine import views
-from provisioning.engine.engine import Engine
+from provisioning.engine.engine import MAX_EVENTS_PER_CALL, Engine
 from provisioning.errors import (
     Conflict,
     NotFound,
@@ -42,7 +42,6 @@ from provisioning.polling import wait_until
 
 log = logging.getLogger("provisioning.orchestrator")
 
-MAX_EVENTS_PER_CALL = 1000
 REQUEST_WAIT_S = 30.0  # for the owner's outcome of a cancel or retry, then 503
 ADOPTION_WAIT_S = 10.0  # the owner's side: for a workflow it claimed to be loaded
 ERRORS_BY_STATUS: dict[int, type[ProvisioningError]] = {

@@ -249,6 +249,19 @@ def reopened(cur: Any, workflow_id: str) -> None:
     cur.execute("SELECT pg_notify(%s, %s)", (leases.CHANNEL, REOPENED + workflow_id))
 
 
+def give_back(conn: Any, me: str, workflow_id: str) -> None:
+    """Undo ``claim_one`` after the call was refused: the row of a finished
+    workflow is dropped (it had none); an unfinished one's lease is handed
+    back (a peer adopts it: this daemon did not, it is shutting down)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute("DELETE FROM workflow_leases l USING workflows w WHERE l.workflow_id = %s "
+                    "AND l.owner = %s AND w.id = l.workflow_id AND w.status = ANY(%s)",
+                    (workflow_id, me, sorted(str.__str__(s) for s in FINISHED_WORKFLOW)))
+        if cur.rowcount:
+            return
+    leases.release(conn, me, [workflow_id])
+
+
 def claim_one(conn: Any, me: str, workflow_id: str, lease_s: float) -> int | None:
     """The lease of one workflow for ``me`` unless another live daemon holds
     it: claimed (free or expired: epoch + 1), kept (``me``'s already), or a

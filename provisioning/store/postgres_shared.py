@@ -334,13 +334,9 @@ class SharedPostgresStore(PostgresStore):
         return self.read_workflows([workflow_id])
 
     def release_workflow(self, workflow_id: str) -> None:
-        def drop(conn: Any) -> None:
-            with conn.transaction(), conn.cursor() as cur:
-                leases.finish(cur, self.daemon_id, workflow_id)
-
         with self._held_lock:
             self.held.pop(workflow_id, None)
-            self.run(drop)
+            self.run(lambda conn: peering.give_back(conn, self.daemon_id, workflow_id))
 
     def peers(self) -> list[dict[str, Any]]:
         """Every daemon of the database and its last heartbeat (for /health)."""
