@@ -5,8 +5,10 @@ Two real daemons on one PostgreSQL database; a workflow submitted to A, then
 everything asked through B: the task view, the events long poll (A's events,
 blocking until a new one is committed), a task's log, the list, cancel (A's
 engine stops the task), retry of a running workflow (409 with A's message),
-retry of a finished one, and the CLI pointed at B. Schema version 3 adds the
-table the forwarded calls go through.
+retry of a finished one, cancel after kill -9 of A, and the CLI pointed at
+B. At the store level: a long poll woken by NOTIFY alone, a call forwarded to
+the owner and its outcome, a claim for one call and its undoing. Schema
+version 3 adds the table the forwarded calls go through.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tests.test_postgres_multi import daemons, dsn, rows  # noqa: F401 - dsn is 
 from tests.test_store import make
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+from provisioning.store import postgres_leases as leases  # noqa: E402 - needs psycopg
 from provisioning.store import postgres_peers as peering  # noqa: E402 - needs psycopg
 from provisioning.store import postgres_schema as schema  # noqa: E402 - needs psycopg
 from provisioning.store.postgres_shared import SharedPostgresStore  # noqa: E402 - psycopg
@@ -279,6 +282,35 @@ def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
         assert applied == [(wid, "cancel"), (wid, "retry")]
         assert rows(dsn, "SELECT count(*) FROM workflow_requests") == [(0,)]
         assert a.ask_owner(wid, "cancel", 60) is None  # its own: nobody else to ask
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_claim_for_one_call_and_its_undoing(tmp_path, dsn):  # noqa: F811
+    a = SharedPostgresStore(dsn, DataPaths(tmp_path / "a"), lease_s=60)
+    b = SharedPostgresStore(dsn, DataPaths(tmp_path / "b"), lease_s=60)
+    try:
+        a.load()
+        b.load()
+        wf, tasks = make()
+        wid = wf["id"]
+        a.add_workflow(wf, tasks)
+        a.run(lambda conn: leases.release(conn, a.daemon_id, [wid]))  # a free lease
+        workflows, loaded = b.claim_workflow(wid)
+        assert [w["id"] for w in workflows] == [wid] and len(loaded) == len(tasks)
+        assert rows(dsn, "SELECT owner, epoch FROM workflow_leases") == [(b.daemon_id, 2)]
+        assert a.claim_workflow(wid) is None  # b holds it now
+        b.release_workflow(wid)  # unfinished: handed back, never dropped
+        assert rows(dsn, "SELECT owner FROM workflow_leases") == [(None,)]
+
+        rows(dsn, f"UPDATE workflows SET status = 'failed' WHERE id = '{wid}' RETURNING id")
+        rows(dsn, "DELETE FROM workflow_leases RETURNING workflow_id")  # finished: no row
+        assert b.claim_workflow(wid) is not None
+        assert rows(dsn, "SELECT owner, epoch FROM workflow_leases") == [(b.daemon_id, 1)]
+        b.release_workflow(wid)  # finished: its row dropped again
+        assert rows(dsn, "SELECT * FROM workflow_leases") == []
+        assert b.claim_workflow("0" * 8 + "-0000-0000-0000-" + "0" * 12) is None  # no such one
     finally:
         a.close()
         b.close()
