@@ -112,7 +112,7 @@ class PostgresStore(Store):
         event_rows = _event_rows(events)
         log_rows = self._finished_logs(tasks)
 
-        def write(conn: Any) -> None:
+        def write(conn: Any) -> set[str]:
             with conn.transaction(), conn.cursor() as cur:
                 skip = self._in_batch(cur, new_workflows, workflow_rows,
                                       {r[1] for r in task_rows} | {r[0] for r in event_rows})
@@ -127,12 +127,13 @@ class PostgresStore(Store):
                         rows = [r for r in rows if r[at] not in skip]
                     if rows:
                         cur.executemany(sql, rows)
-                if event_rows:
-                    self._events_written(cur, {r[0] for r in event_rows} - skip)
+                return skip
 
         if event_rows:
             self._prefetched = None
-        self.run(write)
+        skip = self.run(write)
+        if event_rows:
+            self._events_written({r[0] for r in event_rows} - skip)
 
     def _in_batch(self, cur: Any, new_workflows: list[tuple], workflow_rows: list[tuple],
                   written: set[str]) -> set[str]:
@@ -141,8 +142,8 @@ class PostgresStore(Store):
         mode fences here, postgres_shared.py)."""
         return set()
 
-    def _events_written(self, cur: Any, workflow_ids: set[str]) -> None:
-        """In a batch's transaction, after its events: nothing here (the
+    def _events_written(self, workflow_ids: set[str]) -> None:
+        """After a batch committed events of these workflows: nothing here (the
         shared mode NOTIFYs the daemons long-polling them, postgres_peers.py)."""
 
     def _first_rows(self, cur: Any, initial: dict[str, list[str]]) -> list[tuple]:

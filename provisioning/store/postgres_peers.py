@@ -8,8 +8,8 @@ workflow in its engine. What this module gives SharedPostgresStore:
   (``events``, numbered by their position, as an engine numbers them when
   it loads a workflow) and, in postgres.py, task records and finished
   tasks' logs.
-- The owner NOTIFYs ``EVENTS`` (payload: the workflow id) in the batch that
-  writes a workflow's events, so a long poll about a peer's workflow waits
+- The owner NOTIFYs ``EVENTS`` (payload: the workflow id) once the batch
+  that wrote a workflow's events committed, so a long poll about a peer's workflow waits
   on LISTEN (``Listener``), re-checking at most every ``RECHECK_S`` in case
   a notification was missed (the listener reconnecting): no busy loop.
 - Cancel and retry go to the owner's engine through table
@@ -168,11 +168,12 @@ def events(conn: Any, workflow_id: str, after: int, limit: int) -> tuple[list[Ev
     return found, row[0] in FINISHED_WORKFLOW
 
 
-def notify_events(cur: Any, workflow_ids: set[str]) -> None:
-    """In a batch's transaction: wake the daemons long-polling these workflows."""
+def notify_events(conn: Any, workflow_ids: set[str]) -> None:
+    """After the batch that wrote their events: wake the daemons long-polling
+    these workflows (one statement, autocommitted)."""
     if workflow_ids:
-        cur.execute("SELECT pg_notify(%s, w) FROM unnest(%s::text[]) AS w",
-                    (EVENTS, sorted(workflow_ids)))
+        conn.execute("SELECT pg_notify(%s, w) FROM unnest(%s::text[]) AS w",
+                     (EVENTS, sorted(workflow_ids)))
 
 
 # -- cancel and retry through the owner -------------------------------------------

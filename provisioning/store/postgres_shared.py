@@ -270,8 +270,13 @@ class SharedPostgresStore(PostgresStore):
 
     # -- another daemon's workflows (postgres_peers.py) ------------------------------
 
-    def _events_written(self, cur: Any, workflow_ids: set[str]) -> None:
-        peering.notify_events(cur, workflow_ids)
+    def _events_written(self, workflow_ids: set[str]) -> None:
+        # Not in the batch's transaction: that one holds its leases FOR SHARE (a
+        # peer's claim skips them), so it stays as short as it was
+        try:
+            self.run(lambda conn: peering.notify_events(conn, workflow_ids))
+        except schema.DatabaseUnavailable:
+            pass  # the long polls look again by themselves (postgres_peers.RECHECK_S)
 
     def _serve(self, request_id: int, workflow_id: str, action: str) -> None:
         outcome = self._on_request(workflow_id, action)
