@@ -56,13 +56,15 @@ def offer_free(conn, n: int) -> list[str]:
 
 def test_schema_version_2_adds_the_lease_table_and_migrates_a_version_1_database(connect):
     conn = connect()
-    assert schema.current_version(conn) == 2
+    assert schema.current_version(conn) == schema.SCHEMA_VERSION
     assert conn.execute("SELECT count(*) FROM workflow_leases").fetchone() == (0,)
-    conn.execute("DROP TABLE workflow_leases")  # back to what version 1 had
+    conn.execute("DROP TABLE workflow_requests")  # back to what version 1 had
+    conn.execute("DROP TABLE workflow_leases")
     conn.execute("UPDATE schema_version SET version = 1")
-    with pytest.raises(schema.SchemaMismatch, match="version 1, this orchestrator needs version 2"):
+    with pytest.raises(schema.SchemaMismatch,
+                       match=f"version 1, this orchestrator needs version {schema.SCHEMA_VERSION}"):
         schema.check_version(conn)
-    assert schema.migrate(conn) == (1, 2)
+    assert schema.migrate(conn) == (1, schema.SCHEMA_VERSION)
     assert conn.execute("SELECT count(*) FROM workflow_leases").fetchone() == (0,)
 
 

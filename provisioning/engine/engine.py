@@ -96,19 +96,27 @@ class Engine:
             self._started = True
             self.scheduler.start(last_lease)
 
-    def adopt(self, workflows: list[Record], tasks: list[Record]) -> None:
+    def adopt(self, workflows: list[Record], tasks: list[Record], *,
+              refresh: bool = False) -> None:
         """Take in workflows another daemon left (several daemons on one
         database, README "Running several orchestrators"): recovered as at a
         start after a crash (in-flight tasks run again, finished ones never),
-        then scheduled. Ignored once shutting down, and for workflows known."""
+        then scheduled. Ignored once shutting down, and for workflows known
+        (but a finished one with ``refresh``: a peer may have retried it)."""
         with self._lock:
             if not self._accepting or not self._started:
                 return
-            fresh = {w.get("id") for w in workflows} - {f.id for f in self.flows}
+            fresh = {w.get("id") for w in workflows} - {f.id for f in self.flows
+                                                        if not (refresh and f.finished)}
             last_lease = self._take_in([w for w in workflows if w.get("id") in fresh],
                                        [t for t in tasks if t.get("workflow_id") in fresh])
             self.scheduler.last_lease = max(self.scheduler.last_lease, last_lease)
             self.scheduler.wake()
+
+    def forget(self, workflow_id: str) -> None:
+        """Drop a finished workflow another daemon reopened (read from the store now)."""
+        with self._lock:
+            self.flows.drop_finished(workflow_id)
 
     def _take_in(self, workflows: list[Record], tasks: list[Record]) -> int:
         """Recover and index records read from the store (lock held); the

@@ -113,6 +113,13 @@ class FlowIndex:
         self.reindex(flow)
         return flow
 
+    def drop_finished(self, workflow_id: str) -> None:
+        """Forget a finished workflow (another daemon reopened it); not an unfinished one."""
+        flow = self._flows.get(workflow_id)
+        if flow is not None and flow.finished:
+            del self._flows[workflow_id]
+            self._schedulable.pop(workflow_id, None)
+
     def reindex(self, flow: Flow) -> None:
         """Recompute dependency counts, the ready heap and retry timers from the records."""
         flow.ready = []

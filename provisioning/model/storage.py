@@ -179,6 +179,48 @@ class Store(abc.ABC):
         data dir is new); None: the local file is all there is (the default)."""
         return None
 
+    # -- other daemons' workflows (several daemons on one database) ----------------
+    # Defaults: no peers. Every workflow of the store is the engine's, so the
+    # engine's own answer (or its NotFound) is the whole answer. The PostgreSQL
+    # shared mode (store/postgres_shared.py) implements them; the API routes a
+    # call through them (orchestrator/peers.py) when the engine does not hold
+    # the workflow.
+
+    def peer_workflows(self, known: set[str]) -> list[tuple[Record, dict[str, int]]]:
+        """Every stored workflow whose id is not in ``known`` (the engine's),
+        with its tasks' counts by status, as stored now; [] by default."""
+        return []
+
+    def peer_events(self, workflow_id: str, after: int, limit: int,
+                    timeout: float) -> list[Event] | None:
+        """Another daemon's workflow's events after the first ``after``, as
+        stored now, ``seq`` their position (at most ``limit``); when there is
+        none yet and the workflow is unfinished, waits up to ``timeout`` s for
+        its owner to commit one (woken, never polled in a busy loop). None: no
+        such workflow in the store (the default)."""
+        return None
+
+    def ask_owner(self, workflow_id: str, action: str, timeout: float) -> dict[str, Any] | None:
+        """Have the live daemon that holds the workflow apply ``action``
+        ("cancel" or "retry") with its engine; its outcome, ``{"view": ...}``
+        or ``{"error", "hint", "http_status"}``. Waits up to ``timeout`` s,
+        then raises ServiceUnavailable. None: no other live daemon holds it
+        (the default), so the caller applies it itself (``claim_workflow``)."""
+        return None
+
+    def claim_workflow(self, workflow_id: str) -> tuple[list[Record], list[Record]] | None:
+        """Take the lease of a workflow no live daemon holds (free, expired, or
+        none since it finished) for this daemon; its records, as load() gives
+        them, for the engine to adopt. None: a live daemon holds it, or there
+        is no such workflow, or no peers (the default)."""
+        return None
+
+    def release_workflow(self, workflow_id: str) -> None:
+        """Give back the lease ``claim_workflow`` took when the engine did not
+        keep the workflow (a refused call to a finished one, or a daemon
+        shutting down that adopts nothing); nothing by default."""
+        return None
+
     # -- lifecycle -------------------------------------------------------------------
 
     @property

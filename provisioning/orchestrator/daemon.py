@@ -23,7 +23,7 @@ from provisioning import fsutil, locks, procinfo, transport
 from provisioning.engine.engine import Engine
 from provisioning.errors import ConfigError, ProvisioningError
 from provisioning.ops.registry import OpRegistry
-from provisioning.orchestrator import auth, notify, server
+from provisioning.orchestrator import auth, notify, peers, server
 from provisioning.orchestrator.background import READY_MARKER, pipe_send
 from provisioning.orchestrator.control import (
     PidInfo,
@@ -180,8 +180,12 @@ class Orchestrator:
                              endpoint=endpoint, python_zygote=True)
         self.engine.start()
         if hasattr(store, "start_leases"):  # storage.postgres_shared: the lease thread
-            store.start_leases(on_adopt=self.engine.adopt, on_lost=self._lost_leases,
-                               endpoint=endpoint)
+            engine = self.engine
+            store.start_leases(on_adopt=engine.adopt, on_lost=self._lost_leases,
+                               endpoint=endpoint,  # a peer's cancel or retry: orchestrator/peers.py
+                               on_request=lambda wid, action: peers.serve_request(engine, wid,
+                                                                                  action),
+                               on_reopened=engine.forget)
         self.server.attach(self.engine, registry)
         self.serve_thread = threading.Thread(target=self.server.serve_forever,
                                              name="http-accept", daemon=True)

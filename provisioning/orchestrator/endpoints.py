@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from provisioning.engine.loader import parse_workflow
 from provisioning.errors import ProvisioningError
 from provisioning.model import FINISHED_WORKFLOW, WORKFLOW_STATUSES, WorkflowStatus
+from provisioning.orchestrator import peers
 from provisioning.orchestrator.openapi import openapi_document
 from provisioning.orchestrator.validate import (
     MAX_TEXT,
@@ -143,7 +144,7 @@ def list_workflows(call: Call) -> Response:
     offset = int_param(call.query, "offset", 0, minimum=0)
     if limit > MAX_PAGE:
         raise HttpError(400, f"'limit' must be at most {MAX_PAGE}")
-    views = call.engine.list_workflows()
+    views = peers.list_workflows(call.engine)  # another daemon's too (shared database)
     counts = dict.fromkeys(WORKFLOW_STATUSES, 0)
     for view in views:
         counts[view["status"]] = counts.get(view["status"], 0) + 1
@@ -168,13 +169,13 @@ def get_workflow(call: Call) -> Response:
 def cancel(call: Call) -> Response:
     wid = workflow_id(call.params)
     only_fields(call.read_json(optional=True), ())
-    return Response(200, call.engine.cancel(wid))
+    return Response(200, peers.cancel(call.engine, wid))  # applied by its owner
 
 
 def retry(call: Call) -> Response:
     wid = workflow_id(call.params)
     only_fields(call.read_json(optional=True), ())
-    return Response(200, call.engine.retry(wid))
+    return Response(200, peers.retry(call.engine, wid))
 
 
 def events(call: Call) -> Response:
@@ -186,26 +187,29 @@ def events(call: Call) -> Response:
     status = engine.get_workflow(wid)["status"]
     if status in FINISHED_WORKFLOW or call.server.draining:
         timeout = 0.0
-    found = engine.events(wid, after=after, timeout=min(timeout, MAX_EVENTS_WAIT_S))
+    found = peers.events(engine, wid, after=after, timeout=min(timeout, MAX_EVENTS_WAIT_S))
     last = max([after] + [int(e.get("seq", 0)) for e in found])
     return Response(200, {"events": found, "last": last, "status": status})
 
 
 def get_task(call: Call) -> Response:
-    return Response(200, call.engine.get_task(task_key(call.params)))
+    return Response(200, peers.get_task(call.engine, task_key(call.params)))
 
 
 def task_log(call: Call) -> Response:
     key = task_key(call.params)
     offset = int_param(call.query, "offset", 0, minimum=0)
-    path = call.engine.task_log_path(key)
+    path, stored = peers.task_log(call.engine, key)  # path None: another daemon's task
     try:
+        if path is None:
+            raise FileNotFoundError(key)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             f.seek(min(offset, size))
             data = f.read(LOG_CHUNK_BYTES) if offset < size else b""
     except FileNotFoundError:  # not on this host: the backend's copy, if it keeps one
-        stored = call.engine.stored_task_log(key) or b""
+        if path is not None:
+            stored = call.engine.stored_task_log(key) or b""
         size = len(stored)
         data = stored[offset:offset + LOG_CHUNK_BYTES]
     return Response(200, data, content_type="text/plain; charset=utf-8",

@@ -9,10 +9,10 @@ ahead of them. Task processes still write their log and checkpoint to local
 files under the data dir (``task_log_path``); the log of a task that
 finished is copied into ``task_logs``, so any daemon can show it.
 
-One daemon per database, for now: postgres_session.py holds the connection,
-its reconnect backoff and the one-daemon lock that ``load()`` takes.
-Several daemons sharing one queue (claims under leases) are the next step,
-README "Running several orchestrators". A call whose connection broke raises
+One daemon per database by default: postgres_session.py holds the
+connection, its reconnect backoff and the one-daemon lock that ``load()``
+takes. Several daemons sharing one database under workflow leases:
+postgres_shared.py (README "Running several orchestrators"). A call whose connection broke raises
 DatabaseUnavailable (HTTP 503): the engine's committer keeps the records and
 writes them again with its next batch, and a submission is never
 acknowledged before its transaction committed.
@@ -114,7 +114,7 @@ class PostgresStore(Store):
         event_rows = _event_rows(events)
         log_rows = self._finished_logs(tasks)
 
-        def write(conn: Any) -> None:
+        def write(conn: Any) -> set[str]:
             with conn.transaction(), conn.cursor() as cur:
                 skip = self._in_batch(cur, new_workflows, workflow_rows,
                                       {r[1] for r in task_rows} | {r[0] for r in event_rows})
@@ -129,10 +129,13 @@ class PostgresStore(Store):
                         rows = [r for r in rows if r[at] not in skip]
                     if rows:
                         cur.executemany(sql, rows)
+                return skip
 
         if event_rows:
             self._prefetched = None
-        self.run(write)
+        skip = self.run(write)
+        if event_rows:
+            self._events_written({r[0] for r in event_rows} - skip)
 
     def _in_batch(self, cur: Any, new_workflows: list[tuple], workflow_rows: list[tuple],
                   written: set[str]) -> set[str]:
@@ -140,6 +143,10 @@ class PostgresStore(Store):
         rows must not be written. One daemon per database: none (the shared
         mode fences here, postgres_shared.py)."""
         return set()
+
+    def _events_written(self, workflow_ids: set[str]) -> None:
+        """After a batch committed events of these workflows: nothing here (the
+        shared mode NOTIFYs the daemons long-polling them, postgres_peers.py)."""
 
     def _first_rows(self, cur: Any, initial: dict[str, list[str]]) -> list[tuple]:
         cur.execute("SELECT rec::text FROM workflows WHERE id = ANY(%s)", (list(initial),))

@@ -32,7 +32,9 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-CHANNEL = "provisioning_work"  # NOTIFY payload: "offer", "release", "finish" or "stop"
+# NOTIFY payload: "offer", "release", "finish", "stop", "request" (a peer's cancel or
+# retry, postgres_peers.py) or "reopened:<workflow id>"
+CHANNEL = "provisioning_work"
 
 CLAIM = """
 WITH free AS (

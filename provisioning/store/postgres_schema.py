@@ -28,7 +28,7 @@ except ImportError:  # the extra is not installed: said when the backend is used
 
 log = logging.getLogger("provisioning.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CONNECT_TIMEOUT_S = 5
 _MIGRATE_LOCK = 0x70726F76  # pg_advisory_xact_lock key: "prov"
 
@@ -84,6 +84,19 @@ MIGRATIONS: dict[int, list[str]] = {
             expires_at timestamptz NOT NULL DEFAULT now(),
             epoch bigint NOT NULL DEFAULT 0)""",
         "CREATE INDEX workflow_leases_free ON workflow_leases (expires_at)",
+    ],
+    2: [  # cancel and retry of another daemon's workflow, applied by its owner (postgres_peers.py)
+        """CREATE TABLE workflow_requests (
+            id bigserial PRIMARY KEY,
+            workflow_id text NOT NULL,
+            action text NOT NULL,
+            asked_by text NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            taken_by text,
+            done_at timestamptz,
+            outcome json)""",
+        "CREATE INDEX workflow_requests_open ON workflow_requests (workflow_id) "
+        "WHERE done_at IS NULL",
     ],
 }
 

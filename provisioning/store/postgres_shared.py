@@ -25,6 +25,12 @@ daemon owns whole workflows under leases (postgres_leases.py, README
   interval as the timeout: no busy polling. A lease found lost calls
   ``on_lost`` (the daemon stops at once).
 - ``close()`` releases what it still holds (NOTIFY: a peer takes it now).
+- Another daemon's workflows (postgres_peers.py; the Store methods
+  ``peer_workflows``, ``peer_events``, ``ask_owner``, ``claim_workflow``):
+  reads from the database, long polls woken by the owner's NOTIFY, cancel
+  and retry applied by the owner's engine through ``workflow_requests``
+  (its lease thread takes them each round, ``on_request`` applies them),
+  or, when no live daemon holds the workflow, by this one after a claim.
 """
 
 from __future__ import annotations
@@ -34,15 +40,19 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from provisioning import fsutil
-from provisioning.model import FINISHED_WORKFLOW, Record
+from provisioning.errors import ServiceUnavailable
+from provisioning.model import FINISHED_WORKFLOW, Record, first_task_records
+from provisioning.model.storage import Event
 from provisioning.paths import DataPaths
 from provisioning.store import checks
 from provisioning.store import postgres_leases as leases
+from provisioning.store import postgres_peers as peering
 from provisioning.store import postgres_schema as schema
 from provisioning.store.postgres import PostgresStore
 
@@ -84,6 +94,9 @@ class SharedPostgresStore(PostgresStore):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._endpoint: str | None = None
+        self._on_request: Callable[[str, str], dict[str, Any]] | None = None
+        self._on_reopened: Callable[[str], None] | None = None
+        self._listener = peering.Listener(self.session.dsn)
 
     # -- load and batches -----------------------------------------------------------
 
@@ -122,6 +135,7 @@ class SharedPostgresStore(PostgresStore):
                             (wid, self.daemon_id, self.lease_s))
                 if cur.fetchone():
                     self.held[wid] = 1
+                    peering.reopened(cur, wid)
             skip = leases.fenced_out(cur, self.daemon_id, self.held, ids & set(self.held))
             self.lost |= skip  # expired or taken: it will not be this daemon's again
             skip |= ids & self.lost
@@ -168,15 +182,27 @@ class SharedPostgresStore(PostgresStore):
         tasks = {t.get("id"): t for t in (json.loads(text) for (text,) in task_rows)}
         if checks.check_workflow(workflow, workflow_id):
             return None
-        ordered = [tasks[tid] for tid in workflow["task_ids"]
-                   if tid in tasks and not checks.check_task(tasks[tid], tasks[tid].get("key"))]
-        return workflow, ordered
+        trusted = {tid: t for tid, t in tasks.items() if not checks.check_task(t, t.get("key"))}
+        # Not written yet (the first records come a batch after the workflow): queued,
+        # as load() would rebuild them
+        missing = [tid for tid in workflow["task_ids"] if tid not in trusted]
+        trusted.update((t["id"], t) for t in first_task_records(workflow, missing))
+        return workflow, [trusted[tid] for tid in workflow["task_ids"]]
 
     # -- the lease thread -----------------------------------------------------------
 
     def start_leases(self, *, on_adopt: Callable[[list[Record], list[Record]], None],
-                     on_lost: Callable[[set[str]], None], endpoint: str | None = None) -> None:
+                     on_lost: Callable[[set[str]], None], endpoint: str | None = None,
+                     on_request: Callable[[str, str], dict[str, Any]] | None = None,
+                     on_reopened: Callable[[str], None] | None = None) -> None:
+        """The lease thread; ``on_request(workflow id, action)`` applies a peer's
+        cancel or retry with the engine and returns the outcome (never raises);
+        ``on_reopened(workflow id)``: a peer took a finished workflow up again
+        (the engine drops its copy)."""
         self._endpoint = endpoint
+        self._on_request = on_request
+        self._on_reopened = on_reopened
+        self._listener.start()
         self._thread = threading.Thread(target=self._lease_loop, args=(on_adopt, on_lost),
                                         name="pg-leases", daemon=True)
         self._thread.start()
@@ -191,7 +217,7 @@ class SharedPostgresStore(PostgresStore):
                                           idle_in_transaction_s=self.idle_in_transaction_s)
                     leases.listen(conn)
                 wait = self._round(conn, on_adopt, on_lost)
-                leases.wait_for_notify(conn, min(interval, wait))
+                self._reopened(leases.wait_for_notify(conn, min(interval, wait)))
             except (schema.DatabaseUnavailable, self.session.pg.OperationalError) as e:
                 log.warning("lease round failed (%s); trying again", " ".join(str(e).split()))
                 if conn is not None:
@@ -203,6 +229,15 @@ class SharedPostgresStore(PostgresStore):
                 self._stop.wait(interval)
         if conn is not None:
             conn.close()
+
+    def _reopened(self, payloads: list[str]) -> None:
+        for payload in payloads:
+            wid = payload.removeprefix(peering.REOPENED)
+            if wid != payload and self._on_reopened is not None:
+                with self._held_lock:  # its claimer's own notification: it holds it
+                    mine = wid in self.held
+                if not mine:
+                    self._on_reopened(wid)
 
     @property
     def dsn_for_leases(self) -> str:
@@ -238,10 +273,89 @@ class SharedPostgresStore(PostgresStore):
             # heartbeats must go on meanwhile (or this daemon's own leases run out).
             threading.Thread(target=on_adopt, args=(workflows, tasks), name="pg-adopt",
                              daemon=True).start()
+        if self._on_request is not None:
+            for request in peering.take(conn, self.daemon_id):  # its own thread, as adoption
+                threading.Thread(target=self._serve, args=request, name="pg-request",
+                                 daemon=True).start()
         if len(got) >= CLAIM_BATCH:
             return 0.0  # more may be free: claim again now
         expiry = leases.next_expiry(conn, self.daemon_id)
         return float("inf") if expiry is None else max(EXPIRY_MARGIN_S, expiry + EXPIRY_MARGIN_S)
+
+    # -- another daemon's workflows (postgres_peers.py) ------------------------------
+
+    def _events_written(self, workflow_ids: set[str]) -> None:
+        # Not in the batch's transaction: that one holds its leases FOR SHARE (a
+        # peer's claim skips them), so it stays as short as it was
+        try:
+            self.run(lambda conn: peering.notify_events(conn, workflow_ids))
+        except schema.DatabaseUnavailable:
+            pass  # the long polls look again by themselves (postgres_peers.RECHECK_S)
+
+    def _serve(self, request_id: int, workflow_id: str, action: str) -> None:
+        outcome = self._on_request(workflow_id, action)
+        try:
+            self.run(lambda conn: peering.finish(conn, request_id, outcome))
+        except schema.DatabaseUnavailable as e:  # the receiver answers 503 after its wait
+            log.warning("could not store the outcome of request %d: %s", request_id, e.message)
+
+    def peer_workflows(self, known: set[str]) -> list[tuple[Record, dict[str, int]]]:
+        found = self.run(lambda conn: peering.peer_workflows(conn, known))
+        return [(w, counts) for w, counts in found if not checks.check_workflow(w, w.get("id"))]
+
+    def peer_events(self, workflow_id: str, after: int, limit: int,
+                    timeout: float) -> list[Event] | None:
+        deadline = time.monotonic() + timeout
+        with self._listener.watch(workflow_id) as watch:  # before the read: none is missed
+            while True:
+                got = self.run(lambda conn: peering.events(conn, workflow_id, after, limit))
+                if got is None:
+                    return None
+                found, finished = got
+                remaining = deadline - time.monotonic()
+                if found or finished or remaining <= 0:
+                    return found
+                watch.wait(min(remaining, peering.RECHECK_S))
+
+    def ask_owner(self, workflow_id: str, action: str, timeout: float) -> dict[str, Any] | None:
+        request_id = self.run(lambda conn: peering.request(conn, self.daemon_id, workflow_id,
+                                                         action))
+        if request_id is None:
+            return None
+        deadline = time.monotonic() + timeout
+        with self._listener.watch(str(request_id)) as watch:
+            while True:
+                state, outcome = self.run(lambda conn: peering.outcome(conn, request_id,
+                                                                     self.daemon_id))
+                if state == "done" and outcome is not None:
+                    return outcome
+                if state == "orphaned":
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                watch.wait(min(remaining, peering.RECHECK_S))
+        abandoned = self.run(lambda conn: peering.abandon(conn, request_id))
+        raise ServiceUnavailable(
+            f"the daemon running workflow {workflow_id} did not answer the {action} in "
+            f"{timeout:g}s" + ("" if abandoned else " (it may still apply it)"),
+            hint="`provisioning workflow status` shows whether it did; try again")
+
+    def claim_workflow(self, workflow_id: str) -> tuple[list[Record], list[Record]] | None:
+        with self._held_lock:
+            epoch = self.run(lambda conn: peering.claim_one(conn, self.daemon_id, workflow_id,
+                                                          self.lease_s))
+            if epoch is None:
+                return None
+            self.held[workflow_id] = epoch
+            self.lost.discard(workflow_id)
+        log.info("claimed workflow %s to apply a call about it", workflow_id)
+        return self.read_workflows([workflow_id])
+
+    def release_workflow(self, workflow_id: str) -> None:
+        with self._held_lock:
+            self.held.pop(workflow_id, None)
+            self.run(lambda conn: peering.give_back(conn, self.daemon_id, workflow_id))
 
     def peers(self) -> list[dict[str, Any]]:
         """Every daemon of the database and its last heartbeat (for /health)."""
@@ -250,6 +364,7 @@ class SharedPostgresStore(PostgresStore):
     def close(self) -> None:
         """Stop the lease thread, hand back what this daemon holds, close."""
         self._stop.set()
+        self._listener.close()
         if self._thread is not None:
             try:  # wake the lease thread from its LISTEN wait (peers do one round)
                 self.run(lambda conn: conn.execute("SELECT pg_notify(%s, 'stop')",
