@@ -55,6 +55,8 @@ _KIND_BODY = {"type": "object", "additionalProperties": False, "required": ["inf
                              "params": {"type": "object"}}}
 
 _ACCEPTED = {"202": _json(_ref("Accepted"), WorkflowStatus.QUEUED.value)}
+# storage.postgres_shared: another daemon runs the workflow and did not answer in 30 s
+_PEER_SILENT = {"503": _ERROR}
 
 _KIND_SUMMARIES = {
     "/workflows/servers/create": "Create the servers of an infra (params: servers, ...)",
@@ -88,12 +90,13 @@ def _workflow_paths() -> dict[str, Any]:
             "One workflow with every task's state, progress, attempts and timings",
             {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
         "/workflows/{workflow_id}/cancel": {"post": _op(
-            "Cancel running and pending tasks (body optional: {})",
-            {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
+            "Cancel running and pending tasks (body optional: {}); 503: another daemon "
+            "runs it (storage.postgres_shared) and did not answer in 30 s",
+            {"200": _json(_ref("Workflow")), **_PEER_SILENT}, params=[WORKFLOW_ID])},
         "/workflows/{workflow_id}/retry": {"post": _op(
             "Re-run failed/cancelled tasks from their checkpoints, never completed ones "
-            "(body optional: {}); 409 while the workflow runs",
-            {"200": _json(_ref("Workflow"))}, params=[WORKFLOW_ID])},
+            "(body optional: {}); 409 while the workflow runs; 503 as for cancel",
+            {"200": _json(_ref("Workflow")), **_PEER_SILENT}, params=[WORKFLOW_ID])},
         "/workflows/{workflow_id}/events": {"get": _op(
             "Long-poll state/progress events with seq > after (waits up to timeout s, max 30)",
             {"200": _json({"type": "object", "properties": {
