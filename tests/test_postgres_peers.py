@@ -13,6 +13,7 @@ version 3 adds the table the forwarded calls go through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -239,17 +240,27 @@ def test_schema_version_3_adds_the_request_table_and_migrates_a_version_2_databa
         drop()
 
 
-def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
-        tmp_path, dsn, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(peering, "RECHECK_S", 120.0)  # only a NOTIFY can end the waits below
-    a = SharedPostgresStore(dsn, DataPaths(tmp_path / "a"), lease_s=60)
-    b = SharedPostgresStore(dsn, DataPaths(tmp_path / "b"), lease_s=60)
+@contextlib.contextmanager
+def two_stores(tmp_path, database: str):
+    """Two shared stores on one database, both loaded; a workflow added through a
+    (a owns it): (a, b, its id, its tasks); both closed after."""
+    a = SharedPostgresStore(database, DataPaths(tmp_path / "a"), lease_s=60)
+    b = SharedPostgresStore(database, DataPaths(tmp_path / "b"), lease_s=60)
     try:
         a.load()
         b.load()
         wf, tasks = make()
-        wid = wf["id"]
-        a.add_workflow(wf, tasks)  # a owns it
+        a.add_workflow(wf, tasks)
+        yield a, b, wf["id"], tasks
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
+        tmp_path, dsn, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(peering, "RECHECK_S", 120.0)  # only a NOTIFY can end the waits below
+    with two_stores(tmp_path, dsn) as (a, b, wid, tasks):  # a owns it
         assert b.peer_events(wid, 0, 100, 0) == []
         assert b.peer_events("0" * 8 + "-0000-0000-0000-" + "0" * 12, 0, 100, 0) is None
         (listed, counts), = b.peer_workflows(set())
@@ -282,20 +293,10 @@ def test_the_store_wakes_a_long_poll_by_notify_and_forwards_a_call_to_the_owner(
         assert applied == [(wid, "cancel"), (wid, "retry")]
         assert rows(dsn, "SELECT count(*) FROM workflow_requests") == [(0,)]
         assert a.ask_owner(wid, "cancel", 60) is None  # its own: nobody else to ask
-    finally:
-        a.close()
-        b.close()
 
 
 def test_a_claim_for_one_call_and_its_undoing(tmp_path, dsn):  # noqa: F811
-    a = SharedPostgresStore(dsn, DataPaths(tmp_path / "a"), lease_s=60)
-    b = SharedPostgresStore(dsn, DataPaths(tmp_path / "b"), lease_s=60)
-    try:
-        a.load()
-        b.load()
-        wf, tasks = make()
-        wid = wf["id"]
-        a.add_workflow(wf, tasks)
+    with two_stores(tmp_path, dsn) as (a, b, wid, tasks):
         a.run(lambda conn: leases.release(conn, a.daemon_id, [wid]))  # a free lease
         workflows, loaded = b.claim_workflow(wid)
         assert [w["id"] for w in workflows] == [wid] and len(loaded) == len(tasks)
@@ -311,6 +312,3 @@ def test_a_claim_for_one_call_and_its_undoing(tmp_path, dsn):  # noqa: F811
         b.release_workflow(wid)  # finished: its row dropped again
         assert rows(dsn, "SELECT * FROM workflow_leases") == []
         assert b.claim_workflow("0" * 8 + "-0000-0000-0000-" + "0" * 12) is None  # no such one
-    finally:
-        a.close()
-        b.close()
