@@ -165,14 +165,12 @@ def _cluster_create(infra: Infra | None, base: dict[str, Any], params: dict[str,
     assert infra is not None
     name = _param(params, "cluster", required=True)
     hosts = _cluster_hosts(infra, base, name, state)
-    creates = [TaskSpec(id=task_id("create", h), op="server.create",
-                        params={**base, "server": h}) for h in hosts]
-    tasks: list[TaskSpec] = list(creates)
-    # Installs wait for every server of the cluster, not only their own: a template
-    # sees every server (a load balancer lists its backends' addresses).
-    every_create = tuple(c.id for c in creates)
+    tasks: list[TaskSpec] = []
     for h in hosts:
-        tasks += _install_chain(infra, base, h, infra.taskserv_plan(h), every_create)
+        create = TaskSpec(id=task_id("create", h), op="server.create",
+                          params={**base, "server": h})
+        tasks.append(create)
+        tasks += _install_chain(infra, base, h, infra.taskserv_plan(h), (create.id,))
     tasks.append(TaskSpec(id=task_id("check", name), op="cluster.check",
                           params={**base, "cluster": name},
                           depends_on=tuple(t.id for t in tasks)))
