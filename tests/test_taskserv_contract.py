@@ -101,3 +101,21 @@ def test_a_template_error_fails_the_install_naming_file_line_and_name(ws):
     assert "shade" in e.value.message
     rec = StateStore().taskserv("c", "a1", "probe")
     assert rec["status"] == "failed" and "peers.txt:2" in rec["error"]
+
+
+def test_servers_in_a_template_carry_a_declared_address_before_their_record_exists():
+    """A load balancer may install before its backends' hosts are adopted (each install
+    waits only for its own server): an ssh host's declared address is known already."""
+    from types import SimpleNamespace
+
+    from provisioning.ops.infra import ServerDef
+    from provisioning.ops.tscontext import infra_servers
+
+    declared = ServerDef("web-1", connection={"address": "10.213.9.2"})
+    cloud = ServerDef("web-2")  # a cloud server: no address until it is created
+    infra = SimpleNamespace(name="rack", servers=(declared, cloud),
+                            taskserv_plan=lambda host: [], catalog=None, taskserv_settings={})
+    state = SimpleNamespace(server=lambda infra_name, host: None)  # nothing recorded yet
+    seen = {s["hostname"]: s for s in infra_servers(infra, None, state)}
+    assert seen["web-1"]["address"] == "10.213.9.2" and seen["web-1"]["state"] == "not created"
+    assert seen["web-2"]["address"] is None

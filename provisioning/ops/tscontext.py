@@ -48,7 +48,10 @@ def infra_servers(infra: Any, provider: Any, state: Any) -> list[dict[str, Any]]
             tdef = infra.catalog.get(ts)
             offset = provider.port_offset(rec) if rec else 0
             ports[ts] = effective_ports(tdef, infra.taskserv_settings.get(ts, {}), offset)
-        out.append({"hostname": s.hostname, "address": (rec or {}).get("address"),
+        # The declared address (ssh hosts have one) until the server's record exists: a
+        # load balancer's install may run before its backends' servers are adopted.
+        address = (rec or {}).get("address") or s.connection.get("address")
+        out.append({"hostname": s.hostname, "address": address,
                     "state": "created" if rec else "not created",
                     "taskservs": list(infra.taskserv_plan(s.hostname)),
                     "labels": dict(s.labels), "zone": s.zone, "plan": s.plan, "ports": ports})
