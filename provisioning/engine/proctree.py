@@ -26,7 +26,7 @@ from provisioning import procinfo
 from provisioning.polling import wait_until
 
 MARKER_ENV = "PROVISIONING_TASK_RUN"  # "<key>/<run id>": every descendant inherits it
-LEGACY_MARKER_ENV = "PROVISIONING_TASK_ID"  # the key alone (what a release before 0.3 marked)
+LEGACY_MARKER_ENV = "PROVISIONING_TASK_ID"  # the key alone, as earlier releases marked
 
 
 def run_marker(key: str) -> str:
