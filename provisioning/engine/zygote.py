@@ -126,7 +126,7 @@ class Zygote:
             sock = self._sock
         if sock is None or self._stale():
             return None
-        marker = marker or env.get(MARKER_ENV) or key
+        marker = marker or env.get(MARKER_ENV) or f"{key}/0"  # "<key>/<run>": proctree.py
         request = json.dumps({"argv": argv, "env": env, "cwd": cwd, "key": key,
                               "marker": marker}).encode()
         stdin_r, stdin_w = os.pipe()
